@@ -1,0 +1,48 @@
+"""Packaging for jkg.
+
+``twisted.plugins`` is listed as a package (without an ``__init__.py`` in
+``twisted/`` or ``twisted/plugins/``) so that a plain ``pip install .`` drops
+``jkg_plugin.py`` into Twisted's plugin namespace and ``twistd jkg`` appears.
+"""
+from setuptools import setup
+
+setup(
+    name="jkg",
+    version="0.1.0",
+    description="A Jupyter kernel gateway built on Twisted",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    python_requires=">=3.10",
+    packages=["jkg", "jkg.kernels", "jkg.web", "jkg.auth", "twisted.plugins"],
+    install_requires=[
+        "twisted[tls]>=24.7",
+        "autobahn>=24.4",
+        "txzmq>=1.0",
+        "pyzmq>=25",
+        "jupyter_client>=8.6",
+        "klein>=24.8",
+        "service_identity>=24.1",
+        "ipykernel>=6.29",
+        "attrs>=23.1",
+        "zope.interface>=6",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "treq>=24.9",
+            "websocket-client>=1.8",
+            "requests>=2.31",
+            "jupyter_server>=2.14,<3",
+        ],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Framework :: Jupyter",
+        "License :: OSI Approved :: BSD License",
+        "Programming Language :: Python :: 3",
+    ],
+)
