@@ -1,0 +1,228 @@
+"""The gateway's frozen configuration and the table of options that feeds it.
+
+One table (:data:`OPTIONS`) names every option once: its command-line flag,
+the environment variables it falls back to (jupyter-kernel-gateway's ``KG_*``
+names first, so existing deployments move over unchanged), its default and the
+parser that validates it.  ``tap`` builds its command line from the table,
+``docs/options.md`` is checked against it by a test, and :func:`build_config`
+turns raw strings into a :class:`GatewayConfig` or a one-line
+:class:`ConfigError`.  Pure: no Twisted, no I/O.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+
+class ConfigError(ValueError):
+    """A bad option value; ``str()`` is the one line printed before exiting."""
+
+
+def _flag(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range: {port}")
+    return port
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"must not be negative: {number}")
+    return number
+
+
+def _optional_limit(value: str) -> int | None:
+    """A limit where 0 or an empty string means "no limit"."""
+    if value.strip() == "":
+        return None
+    number = _non_negative_int(value)
+    return number or None
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError(f"must be positive: {value}")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError(f"must not be negative: {value}")
+    return number
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _base_url(value: str) -> str:
+    """Normalise to ``/`` or ``/prefix/`` so routes can be joined blindly."""
+    stripped = value.strip().strip("/")
+    if any(c in stripped for c in "?#\\ ") or ".." in stripped.split("/"):
+        raise ValueError(f"not a URL path: {value!r}")
+    return "/" + stripped + "/" if stripped else "/"
+
+
+def _kernel_name(value: str) -> str:
+    stripped = value.strip()
+    if stripped and not all(c.isalnum() or c in "._-" for c in stripped):
+        raise ValueError(f"not a kernel name: {value!r}")
+    return stripped
+
+
+def _text(value: str) -> str:
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configurable setting, described once for the CLI, env and docs."""
+
+    name: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+    env: tuple[str, ...] = ()
+    repeatable: bool = False
+    flag: bool = False
+
+    @property
+    def cli(self) -> str:
+        return self.name.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("ip", "127.0.0.1", _text, "Address to listen on (ignored when --listen is given).", ("KG_IP",)),
+    Option("port", "8888", _port, "Port to listen on (ignored when --listen is given).", ("KG_PORT",)),
+    Option("listen", "", _text, "Twisted endpoint string to listen on, e.g. tcp:8888:interface=127.0.0.1, "
+           "unix:/run/jkg.sock, ssl:8443:privateKey=key.pem:certKey=cert.pem, systemd:domain=INET:index=0. "
+           "Repeatable; replaces --ip/--port.", ("JKG_LISTEN",), repeatable=True),
+    Option("base_url", "/", _base_url, "URL prefix of every route.", ("KG_BASE_URL",)),
+    Option("auth_token", "", _text, "Token clients must present (Authorization: token T, Bearer T or ?token=T).",
+           ("KG_AUTH_TOKEN",)),
+    Option("allow_origin", "", _text, "Access-Control-Allow-Origin value; * allows any origin.", ("KG_ALLOW_ORIGIN",)),
+    Option("allow_headers", "authorization,content-type,x-xsrftoken", _text,
+           "Access-Control-Allow-Headers value.", ("KG_ALLOW_HEADERS",)),
+    Option("allow_methods", "GET,POST,PATCH,DELETE,OPTIONS", _text, "Access-Control-Allow-Methods value.",
+           ("KG_ALLOW_METHODS",)),
+    Option("allow_credentials", "", _text, "Access-Control-Allow-Credentials value.", ("KG_ALLOW_CREDENTIALS",)),
+    Option("expose_headers", "", _text, "Access-Control-Expose-Headers value.", ("KG_EXPOSE_HEADERS",)),
+    Option("max_age", "", _text, "Access-Control-Max-Age value.", ("KG_MAX_AGE",)),
+    Option("max_kernels", "", _optional_limit, "Most kernels running at once (starts in flight count); "
+           "empty or 0 means unlimited.", ("KG_MAX_KERNELS",)),
+    Option("default_kernel_name", "", _kernel_name, "Kernelspec started when a request names none "
+           "(default: jupyter_client's default, python3).", ("KG_DEFAULT_KERNEL_NAME",)),
+    Option("force_kernel_name", "", _kernel_name, "Kernelspec started whatever a request names.",
+           ("KG_FORCE_KERNEL_NAME",)),
+    Option("list_kernels", "true", _flag, "Whether GET /api/kernels and /api/sessions list kernels "
+           "(jupyter_server's gateway client needs it).", ("KG_LIST_KERNELS",)),
+    Option("env_process_whitelist", "", _csv, "Comma-separated names of the gateway's own environment "
+           "variables passed on to kernels.", ("KG_ENV_PROCESS_WHITELIST",)),
+    Option("env_whitelist", "", _csv, "Comma-separated names of client-supplied environment variables "
+           "(besides KERNEL_*) passed on to kernels.", ("KG_ENV_WHITELIST",)),
+    Option("kernel_launch_timeout", "60", _positive_float, "Seconds a kernel may take to start and answer "
+           "kernel_info; a request's KERNEL_LAUNCH_TIMEOUT may ask for less or more, up to 10x this.",
+           ("JKG_KERNEL_LAUNCH_TIMEOUT", "KERNEL_LAUNCH_TIMEOUT")),
+    Option("restart_limit", "5", _non_negative_int, "Automatic restarts of a crashed kernel in a row before "
+           "it is declared dead.", ("JKG_RESTART_LIMIT",)),
+    Option("kernel_poll_interval", "1.0", _positive_float, "Seconds between checks that kernel processes "
+           "are alive.", ("JKG_KERNEL_POLL_INTERVAL",)),
+    Option("ws_ping_interval", "30", _non_negative_float, "Seconds between WebSocket pings (0 disables).",
+           ("KG_WS_PING_INTERVAL_SECS",)),
+    Option("ws_ping_timeout", "90", _non_negative_float, "Seconds without a pong before a WebSocket is "
+           "dropped (0 disables).", ("JKG_WS_PING_TIMEOUT",)),
+    Option("max_message_size", str(256 * 1024 * 1024), _non_negative_int, "Largest WebSocket message "
+           "accepted from a client, in bytes.", ("JKG_MAX_MESSAGE_SIZE",)),
+    Option("replay_buffer_limit", str(64 * 1024 * 1024), _non_negative_int, "Bytes of output kept for a "
+           "disconnected session, replayed when it reconnects.", ("JKG_REPLAY_BUFFER_LIMIT",)),
+)
+
+OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything the service tree needs, validated and immutable."""
+
+    ip: str = "127.0.0.1"
+    port: int = 8888
+    listen: tuple[str, ...] = ()
+    base_url: str = "/"
+    auth_token: str = field(default="", repr=False)
+    allow_origin: str = ""
+    allow_headers: str = "authorization,content-type,x-xsrftoken"
+    allow_methods: str = "GET,POST,PATCH,DELETE,OPTIONS"
+    allow_credentials: str = ""
+    expose_headers: str = ""
+    max_age: str = ""
+    max_kernels: int | None = None
+    default_kernel_name: str = ""
+    force_kernel_name: str = ""
+    list_kernels: bool = True
+    env_process_whitelist: tuple[str, ...] = ()
+    env_whitelist: tuple[str, ...] = ()
+    kernel_launch_timeout: float = 60.0
+    restart_limit: int = 5
+    kernel_poll_interval: float = 1.0
+    ws_ping_interval: float = 30.0
+    ws_ping_timeout: float = 90.0
+    max_message_size: int = 256 * 1024 * 1024
+    replay_buffer_limit: int = 64 * 1024 * 1024
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The listener endpoint strings: ``--listen`` or else ``--ip``/``--port``."""
+        if self.listen:
+            return self.listen
+        interface = self.ip.replace(":", "\\:")
+        return (f"tcp:{self.port}:interface={interface}",)
+
+    def replace(self, **changes: Any) -> "GatewayConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def build_config(cli: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayConfig:
+    """Merge command-line values over environment over defaults, validating each.
+
+    :param cli: option name to the raw string the user typed (or a list of
+        strings for repeatable options); absent or ``None`` means not given.
+    :param environ: the process environment.
+    :raises ConfigError: naming the option and the problem, in one line.
+    """
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = cli.get(option.name)
+        source = f"--{option.cli}"
+        if raw in (None, [], ()):
+            raw = None
+            for env_name in option.env:
+                if env_name in environ:
+                    raw, source = environ[env_name], env_name
+                    break
+        if option.repeatable:
+            items: Sequence[str] = [raw] if isinstance(raw, str) else list(raw or [])
+            items = [item for item in items if item]
+            values[option.name] = tuple(_parse(option, item, source) for item in items)
+        else:
+            values[option.name] = _parse(option, option.default if raw is None else raw, source)
+    return GatewayConfig(**values)
+
+
+def _parse(option: Option, raw: str, source: str) -> Any:
+    try:
+        return option.parse(raw)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"invalid value for {source}: {error}") from None

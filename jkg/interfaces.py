@@ -1,0 +1,74 @@
+"""The contracts between the web layer and the kernel side.
+
+The web layer (klein routes, autobahn protocols) talks to kernels only
+through :class:`IKernelRegistry`, and the registry talks back to each
+WebSocket only through :class:`IKernelClient`; so web tests need no kernel
+(see :mod:`jkg.testing`) and kernel tests need no HTTP.
+"""
+from zope.interface import Attribute, Interface
+
+
+class IKernelClient(Interface):
+    """One WebSocket connection attached to a kernel."""
+
+    session_id = Attribute("The client's session_id (from the URL); replies are routed by it.")
+
+    def deliver(message):
+        """Send a :class:`jkg.kernels.messages.KernelMessage` to the client.
+
+        The message's ``encoded`` dict caches frames per wire format, so every
+        client sharing a format reuses the same bytes.
+        """
+
+    def disconnect(code, reason):
+        """Close the connection (the kernel was deleted, or the gateway stops)."""
+
+
+class IKernel(Interface):
+    """What the web layer may read about a kernel."""
+
+    id = Attribute("Kernel id (a UUID string).")
+    name = Attribute("Kernelspec name.")
+    execution_state = Attribute("starting, idle, busy, restarting, dead ...")
+
+    def model():
+        """The Jupyter kernel model: id, name, last_activity, execution_state, connections."""
+
+
+class IKernelRegistry(Interface):
+    """Running kernels, their lifecycle and their message routing."""
+
+    started = Attribute("When the gateway started (datetime, UTC).")
+
+    def list_kernels():
+        """All kernels as :class:`IKernel`."""
+
+    def get(kernel_id):
+        """The kernel, or raise :class:`jkg.errors.UnknownKernel`."""
+
+    def start(kernel_name, env):
+        """Deferred firing with the started :class:`IKernel` once it answers kernel_info."""
+
+    def shutdown(kernel_id):
+        """Deferred firing when the kernel is gone; its WebSockets are closed."""
+
+    def interrupt(kernel_id):
+        """Deferred firing once the interrupt was sent."""
+
+    def restart(kernel_id):
+        """Deferred firing with the kernel (same id) once it answers again."""
+
+    def attach(kernel_id, client):
+        """Connect an :class:`IKernelClient`; replays output kept for its session."""
+
+    def detach(kernel_id, client):
+        """Forget the client; later output for its session is kept for replay."""
+
+    def send(kernel_id, client, message):
+        """Forward a decoded client message (:class:`jkg.web.wire.IncomingMessage`)."""
+
+    def last_activity():
+        """The most recent activity on any kernel (datetime, UTC)."""
+
+    def connection_count():
+        """Open WebSocket connections across all kernels."""

@@ -1,0 +1,212 @@
+"""One running kernel: its state, its clients and the routing of its messages.
+
+Kernel to client: iopub goes to every attached client (or into the replay
+buffer while none is attached); shell, control and stdin replies go to the
+session whose request they answer, found by the parent ``msg_id``.
+Client to kernel: the decoded parts are signed and sent as they are.
+Lifecycle (launch, restart, shutdown) is the registry's job, not this one.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ..errors import BadRequest, KernelLaunchError
+from ..interfaces import IKernel
+from .messages import KernelMessage, isoformat, loads, local_message, make_message_parts, status_parts, utcnow
+from .replay import ReplayBuffer
+
+log = Logger()
+
+MAX_PENDING = 10_000
+NUDGE_INTERVAL = 0.5
+CLIENT_CHANNELS = frozenset({"shell", "control", "stdin"})
+
+
+@implementer(IKernel)
+class ManagedKernel:
+    """State and message routing for one kernel.
+
+    :param launched: the :class:`jkg.kernels.launcher.LaunchedKernel`.
+    :param connect: ``connect(connection_info, on_message)`` makes the
+        kernel's :class:`jkg.kernels.channels.KernelChannels`.
+    """
+
+    def __init__(self, kernel_id: str, name: str, launched, connect: Callable, clock,
+                 replay_limit: int):
+        self.id = kernel_id
+        self.name = name
+        self.launched = launched
+        self.execution_state = "starting"
+        self.created = self.last_activity = utcnow()
+        self.clients: dict[str, object] = {}
+        self.restart_count = 0
+        self.busy_with: str | None = None  # "restarting" / "shutting down" while one runs
+        self._connect = connect
+        self._clock = clock
+        self._replay_limit = replay_limit
+        self._replay: ReplayBuffer | None = None
+        self._pending: dict[str, str] = {}  # request msg_id -> session_id
+        self._internal: dict[str, Callable[[KernelMessage], None]] = {}
+        self._iopub_seen = False
+        self.channels = connect(launched.connection_info, self._on_message)
+
+    # -- the model ---------------------------------------------------------
+    def model(self) -> dict:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "last_activity": isoformat(self.last_activity),
+            "execution_state": self.execution_state,
+            "connections": len(self.clients),
+        }
+
+    # -- kernel -> clients -------------------------------------------------
+    def _on_message(self, message: KernelMessage) -> None:
+        self.last_activity = utcnow()
+        if message.channel == "iopub":
+            self._iopub_seen = True
+            if message.msg_type == "status":
+                self._track_status(message)
+            self._broadcast(message)
+            return
+        parent = message.parent_id
+        internal = self._internal.pop(parent, None) if parent else None
+        if internal is not None:
+            internal(message)
+            return
+        if message.channel == "stdin":
+            session = self._pending.get(parent)
+        else:
+            session = self._pending.pop(parent, None)
+        if session is not None:
+            self._deliver_to_session(session, message)
+
+    def _track_status(self, message: KernelMessage) -> None:
+        if self.busy_with is not None:
+            return  # the registry owns the state while it restarts the kernel
+        try:
+            state = loads(message.parts[3]).get("execution_state")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(state, str) and self.execution_state != "dead":
+            self.execution_state = state
+
+    def _broadcast(self, message: KernelMessage) -> None:
+        if self.clients:
+            for client in list(self.clients.values()):
+                client.deliver(message)
+        elif self._replay is not None:
+            self._replay.append(message)
+
+    def _deliver_to_session(self, session_id: str, message: KernelMessage) -> None:
+        client = self.clients.get(session_id)
+        if client is not None:
+            client.deliver(message)
+        elif self._replay is not None and self._replay.session_id == session_id:
+            self._replay.append(message)
+
+    def broadcast_status(self, state: str) -> None:
+        """Tell every client of a state only the gateway knows (restarting, dead)."""
+        self.execution_state = state
+        self._broadcast(local_message("iopub", status_parts(state, self.id)))
+
+    # -- clients -> kernel -------------------------------------------------
+    def send(self, client, incoming) -> None:
+        if incoming.channel not in CLIENT_CHANNELS:
+            raise BadRequest(f"clients cannot send on the {incoming.channel} channel")
+        msg_type = incoming.header.get("msg_type", "")
+        if msg_type.endswith("_request") and incoming.channel != "stdin":
+            if len(self._pending) >= MAX_PENDING:
+                self._pending.pop(next(iter(self._pending)))
+            self._pending[incoming.header["msg_id"]] = client.session_id
+        self.last_activity = utcnow()
+        self.channels.send(incoming.channel, incoming.parts)
+
+    # -- attaching clients ---------------------------------------------------
+    def attach(self, client) -> None:
+        """Attach a client; a stale connection with the same session is replaced."""
+        stale = self.clients.pop(client.session_id, None)
+        if stale is not None and stale is not client:
+            stale.disconnect(1000, "replaced by a new connection with the same session_id")
+        replay, self._replay = self._replay, None
+        self.clients[client.session_id] = client
+        if replay is not None and replay.session_id == client.session_id:
+            for message in replay.drain():
+                client.deliver(message)
+
+    def detach(self, client) -> None:
+        if self.clients.get(client.session_id) is client:
+            del self.clients[client.session_id]
+            if not self.clients and self.busy_with != "shutting down":
+                self._replay = ReplayBuffer(client.session_id, self._replay_limit)
+
+    def disconnect_all(self, code: int, reason: str) -> None:
+        clients, self.clients = list(self.clients.values()), {}
+        self._replay = None
+        for client in clients:
+            client.disconnect(code, reason)
+
+    # -- readiness -----------------------------------------------------------
+    def reconnect(self) -> None:
+        """New sockets after a restart (the provisioner may have moved the kernel)."""
+        self.channels.close()
+        self._pending.clear()
+        self._internal.clear()
+        self._iopub_seen = False
+        self.channels = self._connect(self.launched.connection_info, self._on_message)
+
+    def wait_ready(self, timeout: float) -> Deferred:
+        """Fire once the kernel answers ``kernel_info`` and iopub is flowing.
+
+        A SUB socket misses what was published before it connected, and the
+        kernel may not have bound its ports yet: repeat ``kernel_info_request``
+        every half second until a reply *and* an iopub message have arrived,
+        as jupyter_server does.  Fails early if the process dies.
+        """
+        ready: Deferred = Deferred()
+        state = {"reply": None, "ticks": 0, "ids": []}
+        deadline = self._clock.seconds() + timeout
+        session = f"jkg-nudge-{self.id}"
+
+        def on_reply(message: KernelMessage) -> None:
+            state["reply"] = message
+
+        def finish(result) -> None:
+            if ready.called:
+                return
+            for msg_id in state["ids"]:
+                self._internal.pop(msg_id, None)
+            if isinstance(result, Exception):
+                ready.errback(result)
+            else:
+                ready.callback(result)
+
+        def check_alive(alive: bool) -> None:
+            if not alive and not ready.called:
+                finish(KernelLaunchError(f"kernel {self.name} exited during startup"))
+
+        def tick() -> None:
+            if ready.called:
+                return
+            if state["reply"] is not None and self._iopub_seen:
+                finish(state["reply"])
+                return
+            if self._clock.seconds() >= deadline:
+                finish(KernelLaunchError(f"kernel {self.name} did not answer kernel_info within {timeout:g} s"))
+                return
+            parts = make_message_parts("kernel_info_request", {}, session)
+            msg_id = loads(parts[0])["msg_id"]
+            state["ids"].append(msg_id)
+            self._internal[msg_id] = on_reply
+            self.channels.send("shell", parts)
+            state["ticks"] += 1
+            if state["ticks"] % 2 == 0:
+                self.launched.is_alive().addCallbacks(check_alive, lambda failure: None)
+            self._clock.callLater(NUDGE_INTERVAL if state["reply"] is None else 0.05, tick)
+
+        tick()
+        return ready

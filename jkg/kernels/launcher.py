@@ -1,0 +1,180 @@
+"""Starting, signalling and stopping kernel processes through jupyter_client.
+
+This is the only module that imports jupyter_client's kernel managers, and the
+only place that bridges asyncio coroutines to Deferreds.  Kernels are launched
+through jupyter_client's provisioners, so a kernelspec naming any installed
+provisioner works.  jupyter_client's async API needs Twisted's asyncio reactor;
+:func:`as_deferred` must therefore be called while that reactor runs.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from typing import Any, Awaitable
+
+from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager, NoSuchKernel
+from jupyter_client.manager import AsyncKernelManager
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
+from ..errors import KernelLaunchError, NotFound, UnknownKernelSpec
+
+log = Logger()
+
+
+def as_deferred(awaitable: Awaitable[Any]) -> Deferred:
+    """Run an asyncio coroutine on the reactor's loop and return a Deferred."""
+    return Deferred.fromFuture(asyncio.ensure_future(awaitable))
+
+
+class KernelSpecs:
+    """Kernelspec discovery, done in a thread because it reads the disk."""
+
+    def __init__(self, manager: KernelSpecManager | None = None):
+        self.manager = manager or KernelSpecManager()
+
+    @property
+    def default_name(self) -> str:
+        return NATIVE_KERNEL_NAME
+
+    def describe_all(self) -> Deferred:
+        """Fire with ``{name: (spec_dict, resource_file_names)}`` for every kernelspec."""
+
+        def scan():
+            found = {}
+            for name, entry in self.manager.get_all_specs().items():
+                found[name] = (entry["spec"], _resource_files(entry["resource_dir"]))
+            return found
+
+        return deferToThread(scan)
+
+    def describe(self, name: str) -> Deferred:
+        """Fire with ``(spec_dict, resource_file_names)`` or fail with UnknownKernelSpec."""
+
+        def lookup():
+            spec = self._spec(name)
+            return spec.to_dict(), _resource_files(spec.resource_dir)
+
+        return deferToThread(lookup)
+
+    def get(self, name: str) -> Deferred:
+        """Fire with the spec dict, or fail with UnknownKernelSpec."""
+        return deferToThread(lambda: self._spec(name).to_dict())
+
+    def resource(self, name: str, path: str) -> Deferred:
+        """Fire with the bytes of a file in the spec's resource folder.
+
+        Anything that resolves outside that folder (``..``, absolute paths,
+        symlinks pointing out) is refused as not found.
+        """
+
+        def read():
+            folder = os.path.realpath(self._spec(name).resource_dir)
+            target = os.path.realpath(os.path.join(folder, path))
+            if os.path.commonpath([folder, target]) != folder or not os.path.isfile(target):
+                raise NotFound(f"no resource {path} for kernel {name}")
+            if os.path.getsize(target) > MAX_RESOURCE_SIZE:
+                raise NotFound(f"resource {path} is too large")
+            with open(target, "rb") as handle:
+                return handle.read()
+
+        return deferToThread(read)
+
+    def _spec(self, name: str):
+        if not _SPEC_NAME.match(name):
+            raise UnknownKernelSpec(name)
+        try:
+            return self.manager.get_kernel_spec(name)
+        except (NoSuchKernel, ValueError, OSError):
+            raise UnknownKernelSpec(name) from None
+
+
+MAX_RESOURCE_SIZE = 4 * 1024 * 1024
+_SPEC_NAME = re.compile(r"[\w.\-]{1,255}\Z")
+
+
+def _resource_files(folder: str) -> list[str]:
+    try:
+        return sorted(entry for entry in os.listdir(folder) if os.path.isfile(os.path.join(folder, entry)))
+    except OSError:
+        return []
+
+
+class LaunchedKernel:
+    """One kernel process (or remote kernel) as its provisioner reports it."""
+
+    def __init__(self, manager: AsyncKernelManager):
+        self._manager = manager
+
+    @property
+    def connection_info(self) -> dict:
+        """Transport, ip, ports, key and signature scheme: stays on the server."""
+        return self._manager.get_connection_info(session=False)
+
+    @property
+    def pid(self) -> int | None:
+        provisioner = self._manager.provisioner
+        process = getattr(provisioner, "process", None)
+        return getattr(process, "pid", None)
+
+    def is_alive(self) -> Deferred:
+        return as_deferred(self._manager.is_alive())
+
+    def interrupt(self) -> Deferred:
+        return as_deferred(self._manager.interrupt_kernel())
+
+    def restart(self, now: bool = False) -> Deferred:
+        return as_deferred(self._manager.restart_kernel(now=now))
+
+    def shutdown(self, now: bool = False) -> Deferred:
+        """Ask politely over the control channel, then kill; fire when gone."""
+        return as_deferred(self._shutdown(now))
+
+    async def _shutdown(self, now: bool) -> None:
+        try:
+            await self._manager.shutdown_kernel(now=now)
+        except Exception:  # noqa: BLE001 - a dying kernel must still be reaped
+            log.failure("graceful shutdown failed; killing")
+            await self._manager.shutdown_kernel(now=True)
+
+
+class KernelLauncher:
+    """Makes :class:`LaunchedKernel` objects; the registry's only way to spawn."""
+
+    def __init__(self, specs: KernelSpecs, shutdown_wait_time: float = 3.0):
+        self.specs = specs
+        self.shutdown_wait_time = shutdown_wait_time
+
+    def launch(self, kernel_id: str, kernel_name: str, env: dict[str, str]) -> Deferred:
+        """Fire with a :class:`LaunchedKernel` once the process is started.
+
+        The kernel may not be answering yet; the registry confirms readiness.
+        """
+        manager = AsyncKernelManager(
+            kernel_name=kernel_name,
+            kernel_spec_manager=self.specs.manager,
+        )
+        manager.shutdown_wait_time = self.shutdown_wait_time
+        return as_deferred(self._launch(manager, kernel_id, env))
+
+    async def _launch(self, manager: AsyncKernelManager, kernel_id: str, env: dict) -> LaunchedKernel:
+        try:
+            await manager.start_kernel(kernel_id=kernel_id, env=env, cwd=os.getcwd())
+        except NoSuchKernel:
+            raise UnknownKernelSpec(manager.kernel_name) from None
+        except Exception as error:  # noqa: BLE001 - report why, never a traceback
+            await _cleanup_quietly(manager)
+            raise KernelLaunchError(f"kernel {manager.kernel_name} failed to start: {error}") from None
+        return LaunchedKernel(manager)
+
+
+async def _cleanup_quietly(manager: AsyncKernelManager) -> None:
+    try:
+        if manager.has_kernel:
+            await manager.shutdown_kernel(now=True)
+        else:
+            await manager.cleanup_resources()
+    except Exception:  # noqa: BLE001
+        log.failure("cleanup after failed launch")

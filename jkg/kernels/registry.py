@@ -1,0 +1,215 @@
+"""All running kernels: admission, launch, restart, crash recovery and shutdown.
+
+The registry is a Twisted service: ``startService`` begins watching kernel
+processes, ``stopService`` shuts every kernel down (politely, then by force)
+and fires only when all of them are gone -- including kernels whose launch
+was still in flight -- so no kernel process outlives the gateway.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock, inlineCallbacks
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ..errors import Conflict, KernelDead, KernelLaunchError, ResourceLimit, UnknownKernel
+from ..interfaces import IKernelRegistry
+from .env import kernel_env, launch_timeout, validate_client_env
+from .kernel import ManagedKernel
+from .messages import utcnow
+
+log = Logger()
+
+
+@implementer(IKernelRegistry)
+class KernelRegistry(Service):
+    """Kernels by id.
+
+    :param launcher: a :class:`jkg.kernels.launcher.KernelLauncher`.
+    :param connect: ``connect(connection_info, on_message)`` making channels.
+    :param config: the :class:`jkg.config.GatewayConfig`.
+    :param clock: an ``IReactorTime`` (the reactor, or a ``task.Clock``).
+    """
+
+    name = "kernels"
+
+    def __init__(self, launcher, connect: Callable, config, clock, environ=None):
+        self.launcher = launcher
+        self.config = config
+        self.kernels: dict[str, ManagedKernel] = {}
+        self.started = utcnow()
+        self._connect = connect
+        self._clock = clock
+        self._environ = os.environ if environ is None else environ
+        self._starting = 0
+        self._inflight: set[Deferred] = set()
+        self._locks: dict[str, DeferredLock] = {}
+        self._stopping = False
+        self._watcher = LoopingCall(self._watch)
+        self._watcher.clock = clock
+
+    # -- queries -------------------------------------------------------------
+    def list_kernels(self) -> list[ManagedKernel]:
+        return list(self.kernels.values())
+
+    def get(self, kernel_id: str) -> ManagedKernel:
+        kernel = self.kernels.get(kernel_id)
+        if kernel is None:
+            raise UnknownKernel(kernel_id)
+        return kernel
+
+    def last_activity(self):
+        return max((k.last_activity for k in self.kernels.values()), default=self.started)
+
+    def connection_count(self) -> int:
+        return sum(len(k.clients) for k in self.kernels.values())
+
+    # -- starting ------------------------------------------------------------
+    def start(self, kernel_name: str | None, env) -> Deferred:
+        """Admit, launch and confirm a kernel; fire with the ready kernel."""
+        client_env = validate_client_env(env)
+        name = self.config.force_kernel_name or kernel_name or self.config.default_kernel_name \
+            or self.launcher.specs.default_name
+        limit = self.config.max_kernels
+        if limit is not None and len(self.kernels) + self._starting >= limit:
+            raise ResourceLimit(f"Maximum number of kernels ({limit}) reached")
+        full_env = kernel_env(client_env, self._environ, self.config.env_process_whitelist,
+                              self.config.env_whitelist)
+        timeout = launch_timeout(client_env, self.config.kernel_launch_timeout)
+        self._starting += 1
+        d = self._start(name, full_env, timeout)
+        self._inflight.add(d)
+
+        def done(result):
+            self._starting -= 1
+            self._inflight.discard(d)
+            return result
+
+        return d.addBoth(done)
+
+    @inlineCallbacks
+    def _start(self, name: str, env: dict, timeout: float):
+        kernel_id = str(uuid.uuid4())
+        yield self.launcher.specs.get(name)  # UnknownKernelSpec -> 404 before any process exists
+        launched = yield self.launcher.launch(kernel_id, name, env)
+        kernel = ManagedKernel(kernel_id, name, launched, self._connect, self._clock, self.config.replay_buffer_limit)
+        try:
+            if self._stopping:
+                raise KernelLaunchError("the gateway is shutting down")
+            yield kernel.wait_ready(timeout)
+        except Exception:
+            kernel.channels.close()
+            yield launched.shutdown(now=True)
+            raise
+        kernel.execution_state = "idle" if kernel.execution_state == "starting" else kernel.execution_state
+        self.kernels[kernel_id] = kernel
+        self._locks[kernel_id] = DeferredLock()
+        log.info("started kernel {id} ({name})", id=kernel_id, name=name)
+        return kernel
+
+    # -- operations on one kernel ----------------------------------------------
+    def interrupt(self, kernel_id: str) -> Deferred:
+        kernel = self.get(kernel_id)
+        if kernel.execution_state == "dead":
+            raise KernelDead(f"kernel {kernel_id} is dead")
+        return kernel.launched.interrupt()
+
+    def restart(self, kernel_id: str) -> Deferred:
+        kernel = self.get(kernel_id)
+        lock = self._locks[kernel_id]
+        if lock.locked:
+            raise Conflict(f"kernel {kernel_id} is already restarting or shutting down")
+        return lock.run(self._restart, kernel, now=False)
+
+    @inlineCallbacks
+    def _restart(self, kernel: ManagedKernel, now: bool):
+        kernel.busy_with = "restarting"
+        kernel.broadcast_status("restarting")
+        try:
+            kernel.channels.close()
+            yield kernel.launched.restart(now=now)
+            kernel.reconnect()
+            yield kernel.wait_ready(self.config.kernel_launch_timeout)
+        except Exception as error:
+            kernel.busy_with = None
+            log.error("kernel {id} could not be restarted: {error}", id=kernel.id, error=error)
+            kernel.broadcast_status("dead")
+            raise KernelLaunchError(f"kernel {kernel.id} could not be restarted: {error}") from None
+        kernel.busy_with = None
+        kernel.execution_state = "idle"
+        return kernel
+
+    def shutdown(self, kernel_id: str) -> Deferred:
+        kernel = self.get(kernel_id)
+        del self.kernels[kernel_id]
+        lock = self._locks.pop(kernel_id)
+        return lock.run(self._shutdown, kernel)
+
+    @inlineCallbacks
+    def _shutdown(self, kernel: ManagedKernel):
+        kernel.busy_with = "shutting down"
+        kernel.disconnect_all(1001, "kernel shut down")
+        kernel.channels.close()
+        yield kernel.launched.shutdown(now=False)
+        log.info("shut down kernel {id}", id=kernel.id)
+
+    # -- clients -------------------------------------------------------------
+    def attach(self, kernel_id: str, client) -> None:
+        self.get(kernel_id).attach(client)
+
+    def detach(self, kernel_id: str, client) -> None:
+        kernel = self.kernels.get(kernel_id)
+        if kernel is not None:
+            kernel.detach(client)
+
+    def send(self, kernel_id: str, client, message) -> None:
+        self.get(kernel_id).send(client, message)
+
+    # -- crash recovery -------------------------------------------------------
+    def _watch(self) -> Deferred:
+        checks = [self._check(kernel) for kernel in list(self.kernels.values())
+                  if kernel.execution_state != "dead" and not self._locks[kernel.id].locked]
+        return DeferredList(checks, consumeErrors=True)
+
+    @inlineCallbacks
+    def _check(self, kernel: ManagedKernel):
+        alive = yield kernel.launched.is_alive()
+        if alive or kernel.id not in self.kernels or self._locks[kernel.id].locked:
+            if alive and kernel.restart_count and kernel.execution_state == "idle":
+                kernel.restart_count = 0
+            return
+        kernel.restart_count += 1
+        if kernel.restart_count > self.config.restart_limit:
+            log.error("kernel {id} died and exceeded its restart limit; it is dead", id=kernel.id)
+            kernel.channels.close()
+            kernel.broadcast_status("dead")
+            return
+        log.warn("kernel {id} died; restarting ({n}/{limit})", id=kernel.id, n=kernel.restart_count,
+                 limit=self.config.restart_limit)
+        try:
+            yield self._locks[kernel.id].run(self._restart, kernel, now=True)
+        except KernelLaunchError:
+            pass
+
+    # -- service -------------------------------------------------------------
+    def startService(self) -> None:  # noqa: N802 - Twisted API
+        super().startService()
+        self._watcher.start(self.config.kernel_poll_interval, now=False)
+
+    @inlineCallbacks
+    def stopService(self):  # noqa: N802 - Twisted API
+        """Shut every kernel down and fire only when all processes are gone."""
+        self._stopping = True
+        if self._watcher.running:
+            self._watcher.stop()
+        yield DeferredList(list(self._inflight), consumeErrors=True)
+        kernel_ids = list(self.kernels)
+        if kernel_ids:
+            log.info("shutting down {n} kernel(s)", n=len(kernel_ids))
+        yield DeferredList([self.shutdown(kernel_id) for kernel_id in kernel_ids], consumeErrors=True)
+        yield super().stopService()

@@ -1,0 +1,122 @@
+"""Composition: config + reactor -> the gateway's service tree.
+
+The only module (with :mod:`jkg.tap`) that names concrete classes.  An
+embedder calls :func:`make_gateway_service` and adds the result to its own
+application, or calls :func:`make_gateway` and mounts ``gateway.resource`` in
+its own Site.  Requires Twisted's asyncio reactor (jupyter_client's async API
+runs on its loop).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sys
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+
+from .config import GatewayConfig
+
+
+@dataclass
+class Gateway:
+    """The parts of one gateway, for embedding and for tests."""
+
+    config: GatewayConfig
+    registry: object
+    resource: object
+    site: object
+    service: MultiService
+
+
+class ListenError(RuntimeError):
+    """A listener that could not start: a busy port or a bad endpoint string."""
+
+
+class _Listener(StreamServerEndpointService):
+    """A listener whose failure ends startup at once with one clear line.
+
+    Like ``strports.service`` it listens synchronously in
+    ``privilegedStartService``, so twistd never runs without its socket.
+    """
+
+    _raiseSynchronously = True
+
+    def __init__(self, description: str, factory, reactor):
+        try:
+            endpoint = serverFromString(reactor, description)
+        except (ValueError, TypeError, KeyError) as error:
+            raise ListenError(f"invalid listen endpoint {description!r}: {error}") from None
+        super().__init__(endpoint, factory)
+        self.description = description
+
+    def privilegedStartService(self):  # noqa: N802 - Twisted API
+        try:
+            super().privilegedStartService()
+        except CannotListenError as error:
+            sys.stderr.write(f"jkg: error: cannot listen on {self.description}: {error.socketError}\n")
+            raise SystemExit(1) from None
+
+
+class _ZmqService(Service):
+    """Closes the ZeroMQ context after the kernels (stopped in reverse order)."""
+
+    def __init__(self, factory):
+        self.factory = factory
+
+    def stopService(self):  # noqa: N802 - Twisted API
+        super().stopService()
+        if self.factory.context is not None:
+            self.factory.shutdown()
+
+
+def make_gateway(config: GatewayConfig, reactor) -> Gateway:
+    """Build every part of a gateway; nothing listens until the service starts."""
+    # Imported here: txzmq installs the global reactor at import time, so it
+    # must not be imported before the caller has chosen the reactor.
+    from .auth.realm import make_portal
+    from .kernels.channels import KernelChannels, make_factory
+    from .kernels.launcher import KernelLauncher, KernelSpecs
+    from .kernels.registry import KernelRegistry
+    from .sessions import SessionStore
+    from .web.api import GatewayAPI
+    from .web.channels import make_channels_factory
+    from .web.http import CorsPolicy
+    from .web.site import GatewaySite, make_root_resource
+
+    zmq_factory = make_factory(reactor)
+
+    def connect(connection_info, on_message):
+        return KernelChannels(zmq_factory, connection_info, on_message)
+
+    specs = KernelSpecs()
+    registry = KernelRegistry(KernelLauncher(specs), connect, config, reactor)
+    cors = CorsPolicy(config.allow_origin, config.allow_headers, config.allow_methods,
+                      config.allow_credentials, config.expose_headers, config.max_age)
+    api = GatewayAPI(config, registry, specs, SessionStore(registry), make_portal(config.auth_token),
+                     make_channels_factory(registry, config), cors)
+    resource = make_root_resource(api.resource(), cors, config.base_url)
+    site = GatewaySite(resource)
+
+    service = MultiService()
+    _ZmqService(zmq_factory).setServiceParent(service)
+    registry.setServiceParent(service)
+    return Gateway(config, registry, resource, site, service)
+
+
+def make_gateway_service(config: GatewayConfig, reactor, listen: bool = True) -> MultiService:
+    """The gateway as one service: kernels plus a listener per endpoint.
+
+    Listeners are endpoint services that listen synchronously, so a busy port
+    fails startup at once instead of leaving a gateway running without a socket.
+
+    :raises ListenError: for an endpoint string that does not parse.
+    """
+    gateway = make_gateway(config, reactor)
+    if listen:
+        for description in config.endpoints:
+            _Listener(description, gateway.site, reactor).setServiceParent(gateway.service)
+    gateway.service.gateway = gateway
+    return gateway.service

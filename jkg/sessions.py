@@ -1,0 +1,141 @@
+"""The sessions API's state: which notebook path uses which kernel.
+
+JupyterLab's SessionManager and Thebe create a session rather than a bare
+kernel.  Sessions live in memory and refer to kernels in the registry; a
+session whose kernel is gone disappears from listings (instead of the 500s
+jupyter-kernel-gateway answers for GET and PATCH).  Starting a kernel here
+goes through the registry, so ``max_kernels`` and the env rules apply.
+"""
+from __future__ import annotations
+
+import uuid
+
+from twisted.internet.defer import inlineCallbacks
+
+from .errors import BadRequest, UnknownKernel, UnknownSession
+
+
+def _text_field(body: dict, key: str, default: str = "") -> str:
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise BadRequest(f"{key} must be a string")
+    return value
+
+
+class SessionStore:
+    def __init__(self, registry):
+        self._registry = registry
+        self._sessions: dict[str, dict] = {}
+
+    def _model(self, session: dict) -> dict:
+        kernel = self._registry.get(session["kernel_id"])
+        return {
+            "id": session["id"],
+            "path": session["path"],
+            "name": session["name"],
+            "type": session["type"],
+            "kernel": kernel.model(),
+            "notebook": {"path": session["path"], "name": session["name"]},
+        }
+
+    def _live(self) -> list[dict]:
+        live = []
+        for session_id, session in list(self._sessions.items()):
+            try:
+                live.append(self._model(session))
+            except UnknownKernel:
+                del self._sessions[session_id]
+        return live
+
+    def list(self) -> list[dict]:
+        return self._live()
+
+    def get(self, session_id: str) -> dict:
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise UnknownSession(session_id)
+        try:
+            return self._model(session)
+        except UnknownKernel:
+            del self._sessions[session_id]
+            raise UnknownSession(session_id) from None
+
+    @staticmethod
+    def _parse(body: dict, partial: bool = False) -> dict:
+        fields = {}
+        notebook = body.get("notebook")
+        if "path" in body or not partial:
+            path = _text_field(body, "path")
+            if not path and isinstance(notebook, dict):
+                path = _text_field(notebook, "path")
+            if not path and not partial:
+                raise BadRequest("session path missing")
+            fields["path"] = path
+        for key in ("name", "type"):
+            if key in body or not partial:
+                fields[key] = _text_field(body, key, "notebook" if key == "type" else "")
+        kernel = body.get("kernel")
+        if kernel is not None and not isinstance(kernel, dict):
+            raise BadRequest("kernel must be an object")
+        fields["kernel"] = kernel
+        return fields
+
+    @inlineCallbacks
+    def _kernel_for(self, kernel_spec: dict | None):
+        """An existing kernel by id, or a new one by name."""
+        kernel_spec = kernel_spec or {}
+        kernel_id = kernel_spec.get("id")
+        if kernel_id is not None:
+            if not isinstance(kernel_id, str):
+                raise BadRequest("kernel.id must be a string")
+            return self._registry.get(kernel_id).id
+        name = kernel_spec.get("name")
+        if name is not None and not isinstance(name, str):
+            raise BadRequest("kernel.name must be a string")
+        kernel = yield self._registry.start(name, kernel_spec.get("env"))
+        return kernel.id
+
+    @inlineCallbacks
+    def create(self, body: dict):
+        fields = self._parse(body)
+        for session in self._live():
+            if session["path"] == fields["path"] and fields["kernel"] is None:
+                return session, False  # jupyter_server returns the existing session
+        kernel_id = yield self._kernel_for(fields["kernel"])
+        session_id = str(uuid.uuid4())
+        self._sessions[session_id] = {"id": session_id, "path": fields["path"], "name": fields["name"],
+                                      "type": fields["type"], "kernel_id": kernel_id}
+        return self._model(self._sessions[session_id]), True
+
+    @inlineCallbacks
+    def update(self, session_id: str, body: dict):
+        self.get(session_id)
+        fields = self._parse(body, partial=True)
+        session = self._sessions[session_id]
+        if fields.get("kernel") is not None:
+            old_kernel = session["kernel_id"]
+            session["kernel_id"] = yield self._kernel_for(fields["kernel"])
+            still_used = any(s["kernel_id"] == old_kernel for s in self._sessions.values())
+            if old_kernel != session["kernel_id"] and not still_used:
+                try:
+                    yield self._registry.shutdown(old_kernel)
+                except UnknownKernel:
+                    pass
+        for key in ("path", "name", "type"):
+            if key in fields:
+                session[key] = fields[key]
+        return self._model(session)
+
+    @inlineCallbacks
+    def delete(self, session_id: str):
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise UnknownSession(session_id)
+        del self._sessions[session_id]
+        if not any(s["kernel_id"] == session["kernel_id"] for s in self._sessions.values()):
+            try:
+                yield self._registry.shutdown(session["kernel_id"])
+            except UnknownKernel:
+                pass

@@ -1,0 +1,75 @@
+"""``twistd jkg``: command-line options to a running gateway service.
+
+Options come from :data:`jkg.config.OPTIONS`, with jupyter-kernel-gateway's
+``KG_*`` environment variables as fallback.  The asyncio reactor is installed
+here when twistd has not installed one yet (the plugin file and ``jkg``'s
+``__init__`` import nothing that would install the default reactor first).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.python import usage
+
+from .config import OPTIONS, ConfigError, build_config
+
+
+class Options(usage.Options):
+    """twistd jkg [options]; every option also reads its environment variable."""
+
+    optParameters = [
+        [option.cli, None, None, f"{option.help} [env: {', '.join(option.env) or '-'}; "
+                                 f"default: {option.default or 'none'}]"]
+        for option in OPTIONS if not option.repeatable
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, endpoint):
+        """Twisted endpoint string to listen on (repeatable), e.g. tcp:8888:interface=127.0.0.1"""
+        self["listen"].append(endpoint)
+
+    def opt_version(self):
+        from . import __version__
+
+        print(f"jkg {__version__}")
+        sys.exit(0)
+
+
+def _fail(message: str) -> "NoReturn":  # noqa: F821
+    sys.stderr.write(f"jkg: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(2)
+
+
+def install_asyncio_reactor():
+    """Return the asyncio reactor, installing it if no reactor is installed yet."""
+    if "twisted.internet.reactor" not in sys.modules:
+        from twisted.internet import asyncioreactor
+
+        asyncioreactor.install()
+    from twisted.internet import reactor
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+    if not isinstance(reactor, AsyncioSelectorReactor):
+        _fail(f"jkg needs the asyncio reactor but {type(reactor).__name__} is installed; "
+              "run without --reactor or with --reactor=asyncio")
+    return reactor
+
+
+def makeService(options):  # noqa: N802 - twistd API
+    cli = {option.name: options.get(option.cli) for option in OPTIONS}
+    try:
+        config = build_config(cli, os.environ)
+    except ConfigError as error:
+        _fail(str(error))
+    reactor = install_asyncio_reactor()
+    from .service import ListenError, make_gateway_service
+
+    try:
+        return make_gateway_service(config, reactor)
+    except ListenError as error:
+        _fail(str(error))

@@ -1,0 +1,152 @@
+"""The kernel channels WebSocket: autobahn protocol and its upgrade resource.
+
+The REST route has already authenticated the client and found the kernel;
+:class:`ChannelsUpgrade` hands the HTTP connection to autobahn with the kernel
+id and session id attached.  The protocol only converts frames (through
+:mod:`jkg.web.wire`) and calls the registry; it makes no decisions itself.
+Frames for a kernel message are built once per format and cached on the
+message, so fan-out to many clients costs one encoding, not one per client.
+"""
+from __future__ import annotations
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ..errors import BadRequest, GatewayError
+from ..interfaces import IKernelClient
+from . import wire
+
+_log = Logger()  # autobahn claims ``.log`` on protocols
+
+LEGACY = "legacy"
+V1 = "v1"
+CLOSE_KERNEL_GONE = 4004
+CLOSE_BAD_MESSAGE = 4400
+
+
+def negotiate_subprotocol(offered: bytes | None) -> str | None:
+    """The subprotocol to select: v1 when offered, none when nothing is offered.
+
+    :raises BadRequest: when the client offers only subprotocols jkg does not
+        speak -- answering 101 without one (as the reference does) makes
+        strict clients fail the handshake with a confusing error.
+    """
+    if not offered:
+        return None
+    protocols = [p.strip() for p in offered.decode("latin-1").split(",") if p.strip()]
+    if wire.V1_PROTOCOL in protocols:
+        return wire.V1_PROTOCOL
+    raise BadRequest(f"unsupported WebSocket subprotocol(s): {', '.join(protocols)}; "
+                     f"this gateway speaks {wire.V1_PROTOCOL} or the legacy protocol (no subprotocol)")
+
+
+def _encode_v1(message) -> tuple[bytes, bool]:
+    return wire.encode_v1(message.channel, message.parts), True
+
+
+def _encode_legacy(message) -> tuple[bytes, bool]:
+    return wire.encode_legacy(message.channel, message.parts, message.msg_id, message.msg_type)
+
+
+_ENCODERS = {V1: _encode_v1, LEGACY: _encode_legacy}
+_DECODERS = {
+    (V1, True): wire.decode_client_v1,
+    (LEGACY, False): wire.decode_client_legacy_text,
+    (LEGACY, True): wire.decode_client_legacy_binary,
+}
+
+
+@implementer(IKernelClient)
+class ChannelsProtocol(WebSocketServerProtocol):
+    """One client's WebSocket to one kernel."""
+
+    kernel_id = ""
+    session_id = ""
+    wire_format = LEGACY
+
+    def onConnect(self, request):  # noqa: N802 - autobahn API
+        self.wire_format = V1 if wire.V1_PROTOCOL in request.protocols else LEGACY
+        self._encode = _ENCODERS[self.wire_format]
+        return wire.V1_PROTOCOL if self.wire_format == V1 else None
+
+    def onOpen(self):  # noqa: N802 - autobahn API
+        try:
+            self.factory.registry.attach(self.kernel_id, self)
+        except GatewayError as error:
+            self.sendClose(CLOSE_KERNEL_GONE, error.message[:120])
+            return
+        self.attached = True
+
+    def onMessage(self, payload, isBinary):  # noqa: N802,N803 - autobahn API
+        decode = _DECODERS.get((self.wire_format, isBinary))
+        try:
+            if decode is None:
+                raise wire.WireError("text frames are not part of the v1 protocol")
+            incoming = decode(payload)
+            self.factory.registry.send(self.kernel_id, self, incoming)
+        except wire.WireError as error:
+            _log.info("closing {session}: malformed message: {error}", session=self.session_id, error=error)
+            self.sendClose(CLOSE_BAD_MESSAGE, f"malformed message: {error}"[:120])
+        except GatewayError as error:
+            code = CLOSE_BAD_MESSAGE if isinstance(error, BadRequest) else CLOSE_KERNEL_GONE
+            self.sendClose(code, error.message[:120])
+
+    def onClose(self, wasClean, code, reason):  # noqa: N802,N803 - autobahn API
+        if getattr(self, "attached", False):
+            self.attached = False
+            self.factory.registry.detach(self.kernel_id, self)
+
+    # -- IKernelClient ---------------------------------------------------------
+    def deliver(self, message) -> None:
+        frame = message.encoded.get(self.wire_format)
+        if frame is None:
+            frame = message.encoded[self.wire_format] = self._encode(message)
+        self.sendMessage(frame[0], isBinary=frame[1])
+
+    def disconnect(self, code: int, reason: str) -> None:
+        if getattr(self, "attached", False):
+            self.attached = False
+            self.sendClose(CLOSE_KERNEL_GONE if code != 1000 else 1000, reason[:120])
+
+
+def make_channels_factory(registry, config) -> WebSocketServerFactory:
+    """The one WebSocket factory of a gateway, with limits set in one place."""
+    factory = WebSocketServerFactory()
+    factory.protocol = ChannelsProtocol
+    factory.registry = registry
+    options = {
+        "maxMessagePayloadSize": config.max_message_size,
+        "maxFramePayloadSize": config.max_message_size,
+        "openHandshakeTimeout": 30,
+        "tcpNoDelay": True,
+    }
+    if config.ws_ping_interval:
+        options["autoPingInterval"] = config.ws_ping_interval
+        if config.ws_ping_timeout:
+            options["autoPingTimeout"] = config.ws_ping_timeout
+    factory.setProtocolOptions(**options)
+    return factory
+
+
+class _ContextFactory:
+    """Builds the factory's protocol and attaches one request's context to it."""
+
+    def __init__(self, factory, kernel_id: str, session_id: str):
+        self._factory = factory
+        self._kernel_id = kernel_id
+        self._session_id = session_id
+
+    def buildProtocol(self, addr):  # noqa: N802 - Twisted API
+        protocol = self._factory.buildProtocol(addr)
+        protocol.kernel_id = self._kernel_id
+        protocol.session_id = self._session_id
+        return protocol
+
+
+class ChannelsUpgrade(WebSocketResource):
+    """Upgrade this request to a channels WebSocket for one kernel and session."""
+
+    def __init__(self, factory, kernel_id: str, session_id: str):
+        super().__init__(_ContextFactory(factory, kernel_id, session_id))

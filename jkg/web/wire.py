@@ -1,0 +1,314 @@
+"""Conversion between kernel messages "in parts" and Jupyter kernel WebSocket frames.
+
+A kernel message in parts is a channel plus ``[header, parent_header, metadata, content,
+*buffers]``: the JSON bytes exactly as the kernel's ZeroMQ frames carried them, then raw
+buffers.  A gateway mostly re-frames messages, so this module works on bytes and decodes
+only what it must: v1 frames carry the parts verbatim (a length table plus a join; only the
+client's header is parsed, for routing), and legacy text frames are assembled by splicing
+the part bytes into a fixed JSON skeleton.  Legacy client frames must be fully parsed (that
+is the format); their four objects are then packed compactly.
+
+Client input is untrusted: the decoders raise :class:`WireError`, and only that, for any
+malformed frame, so callers need one ``except`` clause.  Layouts follow jupyter_server's
+``services/kernels/connection/base.py`` (gateway protocol reference, 4.2-4.4).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from itertools import accumulate
+from json.encoder import encode_basestring_ascii as _encode_basestring_ascii
+from operator import le
+from struct import Struct
+from struct import error as _StructError
+from typing import Any, NamedTuple, Sequence
+
+try:  # optional, and only used where it cannot change the result
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised only without orjson
+    _orjson = None
+
+__all__ = [
+    "V1_PROTOCOL", "CHANNELS", "WireError", "IncomingMessage", "encode_v1", "decode_v1",
+    "encode_legacy", "decode_client_v1", "decode_client_legacy_text",
+    "decode_client_legacy_binary", "pack_json",
+]
+
+V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
+CHANNELS = frozenset({"shell", "iopub", "stdin", "control"})
+
+_CHANNEL_BYTES = {name: name.encode("ascii") for name in CHANNELS}
+_CHANNEL_BY_BYTES = {raw: name for name, raw in _CHANNEL_BYTES.items()}
+# Legacy JSON endings; jupyter_server pops "buffers" before serializing binary frames.
+_TEXT_TAIL = {n: b',"buffers":[],"channel":"' + b + b'"}' for n, b in _CHANNEL_BYTES.items()}
+_BINARY_TAIL = {n: b',"channel":"' + b + b'"}' for n, b in _CHANNEL_BYTES.items()}
+_U64 = Struct("<Q")
+_U32 = Struct(">I")
+_OPTIONAL_OBJECTS = ("parent_header", "metadata", "content")
+
+
+class WireError(ValueError):
+    """A client frame that cannot be a kernel message; str() is a short human reason safe to send to the client."""
+
+
+class IncomingMessage(NamedTuple):
+    """A client message: ``parts`` are ready to be HMAC-signed and sent, ``header`` is parsed for routing."""
+
+    channel: str
+    header: dict
+    parts: list[bytes]
+
+
+@lru_cache(maxsize=64)
+def _le_u64s(count: int) -> Struct:
+    """``count`` little-endian uint64s; cached since counts repeat (few buffer counts)."""
+    return Struct("<%dQ" % count)
+
+
+@lru_cache(maxsize=64)
+def _be_u32s(count: int) -> Struct:
+    """``count`` big-endian uint32s, the legacy binary offset table."""
+    return Struct(">%dI" % count)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # json.loads would accept NaN/Infinity
+
+
+def _pack_stdlib(obj: Any) -> bytes:
+    """Compact UTF-8 JSON: no spaces, non-ASCII kept, NaN/Infinity refused.
+
+    :raises ValueError: NaN/Infinity, or strings that cannot be UTF-8.
+    :raises TypeError: objects JSON cannot represent.
+    """
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+if _orjson is not None:
+    # Datetimes and dataclasses go to the stdlib path (which refuses them) so both paths
+    # accept exactly the same inputs.
+    _ORJSON_OPTIONS = _orjson.OPT_PASSTHROUGH_DATETIME | _orjson.OPT_PASSTHROUGH_DATACLASS
+
+    def pack_json(obj: Any) -> bytes:
+        """Compact UTF-8 JSON: no spaces, non-ASCII kept, NaN/Infinity refused.
+
+        orjson is tried first; what it refuses (non-str keys, ints beyond 64 bits, lone
+        surrogates) goes to :mod:`json`.  orjson writes NaN/Infinity as ``null``, so output
+        containing ``null`` is redone with :mod:`json`, which refuses them.
+
+        :raises ValueError: NaN/Infinity, or strings that cannot be UTF-8.
+        :raises TypeError: objects JSON cannot represent.
+        """
+        try:
+            out = _orjson.dumps(obj, option=_ORJSON_OPTIONS)
+        except TypeError:
+            return _pack_stdlib(obj)
+        if b"null" in out:
+            return _pack_stdlib(obj)
+        return out
+
+    def _loads_header(raw: bytes) -> Any:
+        # Lossy cases of orjson (ints beyond 64 bits become floats) cannot matter here: only
+        # msg_id/msg_type are read and the header bytes themselves are forwarded untouched.
+        return _orjson.loads(raw)
+
+else:  # pragma: no cover - exercised only without orjson
+    pack_json = _pack_stdlib
+
+    def _loads_header(raw: bytes) -> Any:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+
+
+def _quote(value: Any) -> bytes:
+    """JSON-encode msg_id/msg_type; ASCII escapes keep odd strings (lone surrogates) encodable."""
+    if type(value) is str:
+        return _encode_basestring_ascii(value).encode("ascii")
+    return pack_json(value)
+
+
+def _as_bytes(frame: Any, what: str) -> bytes:
+    if isinstance(frame, (bytes, bytearray, memoryview)):
+        return bytes(frame)
+    raise WireError(f"{what} frames must be binary")
+
+
+def _check_header(header: Any) -> dict:
+    if type(header) is not dict:
+        raise WireError("header must be a JSON object")
+    if type(header.get("msg_id")) is not str:
+        raise WireError("header.msg_id must be a string")
+    if type(header.get("msg_type")) is not str:
+        raise WireError("header.msg_type must be a string")
+    return header
+
+
+def encode_v1(channel: str, parts: Sequence[bytes]) -> bytes:
+    """Frame a kernel message for a ``v1.kernel.websocket.jupyter.org`` socket.
+
+    Layout: little-endian uint64 ``offset_number``, then that many uint64 offsets from the
+    frame start (channel, each part, total length).  Parts are copied once, never read.
+
+    :raises ValueError: fewer than four parts (not a kernel message).
+    """
+    n = len(parts)
+    if n < 4:
+        raise ValueError("a kernel message has at least 4 parts")
+    name = _CHANNEL_BYTES.get(channel) or channel.encode("utf-8")
+    offsets = accumulate((8 * (n + 3), len(name), *map(len, parts)))
+    return b"".join((_le_u64s(n + 3).pack(n + 2, *offsets), name, *parts))
+
+
+def decode_v1(frame: bytes) -> tuple[str, list[bytes]]:
+    """Split a v1 frame into ``(channel, parts)``, validating the layout strictly.
+
+    The offsets must start right after the table, never go backwards and end at the frame
+    end, with a known channel and at least four parts: a corrupt or hostile frame fails
+    here rather than as a confusing kernel error.
+
+    :raises WireError: for anything that is not a well-formed v1 frame.
+    """
+    frame = _as_bytes(frame, "v1")
+    size = len(frame)
+    if size < 8:
+        raise WireError("frame too short")
+    (count,) = _U64.unpack_from(frame)
+    if count < 6:
+        raise WireError("frame needs a channel and at least 4 message parts")
+    table_end = 8 * (count + 1)
+    if table_end > size:
+        raise WireError("offset table truncated")
+    offsets = _le_u64s(count).unpack_from(frame, 8)
+    if offsets[0] != table_end or offsets[-1] != size or not all(map(le, offsets, offsets[1:])):
+        raise WireError("offsets out of order or out of range")
+    raw_name = frame[offsets[0]:offsets[1]]
+    channel = _CHANNEL_BY_BYTES.get(raw_name)
+    if channel is None:
+        raise WireError(f"unknown channel {raw_name[:32].decode('utf-8', 'replace')!r}")
+    return channel, [frame[a:b] for a, b in zip(offsets[1:], offsets[2:])]
+
+
+def encode_legacy(channel: str, parts: Sequence[bytes], msg_id: str, msg_type: str) -> tuple[bytes, bool]:
+    """Frame a kernel message for a legacy (no subprotocol) socket; returns ``(payload, is_binary)``.
+
+    Without buffers: the UTF-8 JSON text jupyter_server sends (same keys, same order), made
+    by splicing the parts into a skeleton.  With buffers: big-endian uint32 ``nbufs`` (JSON
+    + buffers), ``nbufs`` big-endian uint32 offsets, the JSON without ``"buffers"``, the
+    buffers.  ``msg_id``/``msg_type`` come from the caller, which parsed the header already.
+
+    :raises ValueError: fewer than four parts, or too large for 32-bit offsets.
+    """
+    if len(parts) < 4:
+        raise ValueError("a kernel message has at least 4 parts")
+    buffers = parts[4:]
+    tails = _BINARY_TAIL if buffers else _TEXT_TAIL
+    tail = tails.get(channel)
+    if tail is None:
+        tail = (b',"buffers":[]' if not buffers else b"") + b',"channel":' + _quote(channel) + b"}"
+    pieces = (
+        b'{"header":', parts[0], b',"msg_id":', _quote(msg_id), b',"msg_type":', _quote(msg_type),
+        b',"parent_header":', parts[1], b',"metadata":', parts[2], b',"content":', parts[3], tail,
+    )
+    if not buffers:
+        return b"".join(pieces), False
+    nbufs = 1 + len(buffers)
+    offsets = accumulate((4 * (nbufs + 1), sum(map(len, pieces)), *map(len, buffers[:-1])))
+    try:
+        table = _be_u32s(nbufs + 1).pack(nbufs, *offsets)
+    except _StructError:
+        raise ValueError("message too large for the legacy binary format") from None
+    return b"".join((table, *pieces, *buffers)), True
+
+
+def decode_client_v1(frame: bytes) -> IncomingMessage:
+    """Decode a client v1 frame; only the header is parsed, the other parts pass through.
+
+    :raises WireError: bad layout, or a header without string ``msg_id``/``msg_type``.
+    """
+    channel, parts = decode_v1(frame)
+    try:
+        header = _loads_header(parts[0])
+    except (ValueError, RecursionError):
+        raise WireError("header is not valid UTF-8 JSON") from None
+    return IncomingMessage(channel, _check_header(header), parts)
+
+
+def _from_legacy(msg: Any, buffers: list[bytes]) -> IncomingMessage:
+    """Validate a parsed legacy message and pack its four dicts into parts.
+
+    As in jupyter_server a missing (or null) ``channel`` means shell; ``parent_header``,
+    ``metadata`` and ``content`` may be missing or null (sent as ``{}``) but are otherwise
+    objects.
+    """
+    if type(msg) is not dict:
+        raise WireError("message must be a JSON object")
+    channel = msg.get("channel")
+    if channel is None:
+        channel = "shell"
+    elif type(channel) is not str:
+        raise WireError("channel must be a string")
+    elif channel not in CHANNELS:
+        raise WireError(f"unknown channel {channel[:32]!r}")
+    header = _check_header(msg.get("header"))
+    parts = [header]
+    for key in _OPTIONAL_OBJECTS:
+        value = msg.get(key)
+        if value is None:
+            value = {}
+        elif type(value) is not dict:
+            raise WireError(f"{key} must be a JSON object")
+        parts.append(value)
+    try:
+        packed = [pack_json(part) for part in parts]
+    except (ValueError, TypeError, RecursionError):
+        raise WireError("message cannot be re-encoded as strict JSON") from None
+    packed.extend(buffers)
+    return IncomingMessage(channel, header, packed)
+
+
+def _loads_message(data: str | bytes | memoryview) -> Any:
+    """Full parse with :mod:`json`, which keeps big ints exact (orjson makes them floats)."""
+    try:
+        if not isinstance(data, str):
+            data = str(data, "utf-8")
+        return json.loads(data, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise WireError("message is not valid UTF-8") from None
+    except (ValueError, RecursionError):
+        raise WireError("message is not valid JSON") from None
+
+
+def decode_client_legacy_text(payload: str | bytes) -> IncomingMessage:
+    """Decode a legacy text frame (a whole message as JSON); ``"buffers"`` is ignored.
+
+    :raises WireError: bad UTF-8/JSON, unknown channel, or wrongly typed fields.
+    """
+    if not isinstance(payload, (str, bytes, bytearray, memoryview)):
+        raise WireError("text frame must be str or bytes")
+    return _from_legacy(_loads_message(payload), [])
+
+
+def decode_client_legacy_binary(frame: bytes) -> IncomingMessage:
+    """Decode a legacy binary frame: offset table, JSON message, then the buffers.
+
+    The JSON part is checked as in the text case (a ``"buffers"`` key in it is ignored, as
+    jupyter_server overwrites it); the binary buffers become ``parts[4:]``.
+
+    :raises WireError: bad layout, or a bad JSON part.
+    """
+    frame = _as_bytes(frame, "legacy binary")
+    size = len(frame)
+    if size < 8:
+        raise WireError("frame too short")
+    (nbufs,) = _U32.unpack_from(frame)
+    if nbufs < 1:
+        raise WireError("frame has no message part")
+    table_end = 4 * (nbufs + 1)
+    if table_end > size:
+        raise WireError("offset table truncated")
+    offsets = _be_u32s(nbufs).unpack_from(frame, 4)
+    if offsets[0] != table_end or offsets[-1] > size or not all(map(le, offsets, offsets[1:])):
+        raise WireError("offsets out of order or out of range")
+    ends = (*offsets[1:], size)
+    msg = _loads_message(memoryview(frame)[offsets[0]:ends[0]])
+    return _from_legacy(msg, [frame[a:b] for a, b in zip(offsets[1:], ends[1:])])
