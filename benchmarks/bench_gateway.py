@@ -1097,7 +1097,11 @@ class Runner:
         for c in conns:
             for p in c.pollables():
                 poller.register(p, zmq.POLLIN)
+                # pyzmq answers with the zmq socket itself, or with the fd
+                # number for plain sockets
                 owner[p] = c
+                if not isinstance(p, zmq.Socket):
+                    owner[p.fileno()] = c
         return poller, owner
 
     def parallel(self, target, kids, fmts):

@@ -46,8 +46,8 @@ except ImportError:  # pragma: no cover
     Session = None
 
 oracle = pytest.mark.skipif(Session is None, reason="jupyter_server not installed")
-# database=None: no .hypothesis/ directory is written into the shared tree.
-fast = settings(max_examples=150, deadline=None, database=None,
+# database=None: no example database shared with concurrent runs in this tree.
+fast = settings(max_examples=100, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
 DATE = "2024-05-01T12:34:56.789012Z"

@@ -1,0 +1,279 @@
+"""Test helpers: a real ``twistd jkg`` process and a real WebSocket kernel client.
+
+Everything talks to 127.0.0.1 on ephemeral ports; every loop is bounded in
+time; every process started here is stopped (and its kernels checked gone).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import requests
+import websocket
+
+from jkg.web import wire
+
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+_PORT_LINE = re.compile(rb"GatewaySite starting on (\d+)")
+
+
+def kernel_pids() -> set[int]:
+    """PIDs of every ipykernel process on the machine."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"ipykernel_launcher" in cmdline:
+                pids.add(int(entry.name))
+    return pids
+
+
+def children_of(pid: int) -> set[int]:
+    """Direct children of ``pid`` (kernels the gateway started)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class GatewayProcess:
+    """``twistd -n jkg`` on an ephemeral loopback port.
+
+    :param args: extra jkg options.
+    :param env: extra environment variables.
+    """
+
+    def __init__(self, *args: str, env: dict | None = None, token: str = ""):
+        self.args = list(args)
+        self.token = token
+        self.env = dict(os.environ)
+        self.env.update(env or {})
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+        self.output = bytearray()
+        self._reader: threading.Thread | None = None
+
+    def start(self, timeout: float = 30.0) -> "GatewayProcess":
+        has_listener = any(a.startswith("--listen") for a in self.args)
+        cmd = [*TWISTD, "-n", "--pidfile=", "jkg", *([] if has_listener else ["--ip", "127.0.0.1", "--port", "0"]),
+               *self.args]
+        if self.token:
+            cmd += ["--auth-token", self.token]
+        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env)
+        found = threading.Event()
+
+        def read():
+            for line in iter(self.process.stdout.readline, b""):
+                self.output += line
+                match = _PORT_LINE.search(line)
+                if match and not found.is_set():
+                    self.port = int(match.group(1))
+                    found.set()
+            found.set()
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+        if not found.wait(timeout) or not self.port:
+            self.stop()
+            raise RuntimeError(f"gateway did not start:\n{self.output.decode(errors='replace')}")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def headers(self) -> dict:
+        return {"Authorization": f"token {self.token}"} if self.token else {}
+
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        headers = {**self.headers(), **kwargs.pop("headers", {})}
+        return requests.request(method, self.url + path, headers=headers, timeout=kwargs.pop("timeout", 60), **kwargs)
+
+    def start_kernel(self, **body) -> dict:
+        response = self.request("POST", "/api/kernels", json=body)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def connect(self, kernel_id: str, session_id: str | None = None, v1: bool = False, **kwargs) -> "KernelClient":
+        return KernelClient(self, kernel_id, session_id=session_id, v1=v1, **kwargs)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        if self._reader is not None:
+            self._reader.join(5)
+        return self.process.returncode
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class KernelClient:
+    """A Jupyter kernel WebSocket client (legacy JSON or v1 binary framing)."""
+
+    def __init__(self, gateway: GatewayProcess, kernel_id: str, session_id: str | None = None, v1: bool = False,
+                 token_in_query: bool = False, timeout: float = 30.0):
+        self.session_id = session_id or uuid.uuid4().hex
+        self.v1 = v1
+        url = f"{gateway.ws_url}/api/kernels/{kernel_id}/channels?session_id={self.session_id}"
+        headers = []
+        if gateway.token:
+            if token_in_query:
+                url += f"&token={gateway.token}"
+            else:
+                headers.append(f"Authorization: token {gateway.token}")
+        self.ws = websocket.create_connection(
+            url, header=headers, timeout=timeout,
+            subprotocols=[wire.V1_PROTOCOL] if v1 else None)
+
+    # -- sending ---------------------------------------------------------------
+    def send(self, channel: str, msg_type: str, content: dict, buffers=(), parent: dict | None = None) -> str:
+        msg_id = uuid.uuid4().hex
+        header = {"msg_id": msg_id, "msg_type": msg_type, "username": "test", "session": self.session_id,
+                  "date": "2026-01-01T00:00:00.000000Z", "version": "5.3"}
+        if self.v1:
+            parts = [json.dumps(x).encode() for x in (header, parent or {}, {}, content)] + [bytes(b) for b in buffers]
+            self.ws.send_binary(wire.encode_v1(channel, parts))
+        else:
+            msg = {"header": header, "parent_header": parent or {}, "metadata": {}, "content": content,
+                   "channel": channel}
+            if buffers:
+                frame = _legacy_binary(msg, list(buffers))
+                self.ws.send_binary(frame)
+            else:
+                self.ws.send(json.dumps(msg))
+        return msg_id
+
+    def execute(self, code: str, allow_stdin: bool = False) -> str:
+        return self.send("shell", "execute_request", {
+            "code": code, "silent": False, "store_history": True, "user_expressions": {},
+            "allow_stdin": allow_stdin, "stop_on_error": True})
+
+    # -- receiving -------------------------------------------------------------
+    def recv(self, timeout: float = 30.0) -> dict:
+        """The next message as a dict with channel, header, parent_header, msg_type, content, buffers."""
+        self.ws.settimeout(timeout)
+        opcode, data = self.ws.recv_data()
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            raise ConnectionError("closed by server")
+        if self.v1:
+            channel, parts = wire.decode_v1(data)
+            header = json.loads(parts[0])
+            return {"channel": channel, "header": header, "msg_type": header["msg_type"],
+                    "parent_header": json.loads(parts[1]), "metadata": json.loads(parts[2]),
+                    "content": json.loads(parts[3]), "buffers": parts[4:]}
+        if opcode == websocket.ABNF.OPCODE_BINARY:
+            msg, buffers = _parse_legacy_binary(data)
+            msg["buffers"] = buffers
+            return msg
+        return json.loads(data)
+
+    def collect(self, msg_id: str, timeout: float = 60.0, reply_channel: str = "shell") -> list[dict]:
+        """Messages answering ``msg_id`` until its reply and its iopub idle have arrived."""
+        deadline = time.monotonic() + timeout
+        got_reply = got_idle = False
+        messages = []
+        while not (got_reply and got_idle):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no complete answer to {msg_id}; got {[m['msg_type'] for m in messages]}")
+            msg = self.recv(remaining)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            messages.append(msg)
+            if msg["channel"] == reply_channel and msg["msg_type"].endswith("_reply"):
+                got_reply = True
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                got_idle = True
+        return messages
+
+    def run(self, code: str, timeout: float = 60.0) -> list[dict]:
+        return self.collect(self.execute(code), timeout)
+
+    def wait_for(self, predicate, timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("expected message did not arrive")
+            msg = self.recv(remaining)
+            if predicate(msg):
+                return msg
+
+    def close(self):
+        try:
+            self.ws.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def stdout_of(messages: list[dict]) -> str:
+    return "".join(m["content"]["text"] for m in messages
+                   if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
+
+
+def _legacy_binary(msg: dict, buffers: list[bytes]) -> bytes:
+    import struct
+
+    payload = json.dumps(msg).encode()
+    parts = [payload, *buffers]
+    count = len(parts)
+    offsets, position = [], 4 * (count + 1)
+    for part in parts:
+        offsets.append(position)
+        position += len(part)
+    return struct.pack(f">{count + 1}I", count, *offsets) + b"".join(parts)
+
+
+def _parse_legacy_binary(data: bytes) -> tuple[dict, list[bytes]]:
+    import struct
+
+    (count,) = struct.unpack_from(">I", data)
+    offsets = list(struct.unpack_from(f">{count}I", data, 4)) + [len(data)]
+    parts = [data[offsets[i]:offsets[i + 1]] for i in range(count)]
+    return json.loads(parts[0]), parts[1:]
