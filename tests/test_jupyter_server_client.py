@@ -193,6 +193,7 @@ def stack(request, tmp_path_factory):
             server.stop()
         kernels = children_of(gateway.process.pid)
         gateway.stop()
+        (base / "jkg.log").write_bytes(bytes(gateway.output))  # kept for post-mortems
     time.sleep(0.2)
     leftovers = [pid for pid in kernels if pid_alive(pid)]
     assert not leftovers, f"kernel processes survived the gateway: {leftovers}"
@@ -357,11 +358,19 @@ def test_shutdown_removes_kernel_everywhere(stack, kernel):
     wait_until(lambda: not pid_alive(pid), 15, f"kernel process {pid} outlived its shutdown")
 
 
-def test_kernel_left_running_is_cleaned_up_at_teardown(stack):
-    """Leaves a kernel running on purpose: the fixture teardown checks no kernel process survives."""
+def test_kernels_left_running_are_cleaned_up_at_teardown(stack):
+    """Leaves kernels running on purpose; the fixture teardown checks no kernel process survives.
+
+    One was started through jupyter_server (which shuts it down through jkg when it stops), one
+    directly on jkg, unknown to jupyter_server: only jkg's own shutdown can stop that one.
+    """
     response = stack.server.request("POST", "/api/kernels", json={"name": "python3"})
     assert response.status_code == 201, response.text
-    kernel_id = response.json()["id"]
-    with stack.server.connect(kernel_id) as client:
-        pid = int(stdout_of(run_ok(client, "import os; print(os.getpid())")))
-    assert pid in children_of(stack.gateway.process.pid)
+    via_server = response.json()["id"]
+    direct = stack.gateway.start_kernel(name="python3")["id"]
+    assert direct not in [k["id"] for k in stack.server.request("GET", "/api/kernels").json()]
+    pids = []
+    for kernel_id, connect in ((via_server, stack.server.connect), (direct, stack.gateway.connect)):
+        with connect(kernel_id) as client:
+            pids.append(int(stdout_of(run_ok(client, "import os; print(os.getpid())"))))
+    assert set(pids) <= children_of(stack.gateway.process.pid)

@@ -52,6 +52,7 @@ class ManagedKernel:
         self._pending: dict[str, str] = {}  # request msg_id -> session_id
         self._internal: dict[str, Callable[[KernelMessage], None]] = {}
         self._iopub_seen = False
+        self._readiness_check: Callable[[], None] | None = None
         self.channels = connect(launched.connection_info, self._on_message)
 
     # -- the model ---------------------------------------------------------
@@ -68,7 +69,10 @@ class ManagedKernel:
     def _on_message(self, message: KernelMessage) -> None:
         self.last_activity = utcnow()
         if message.channel == "iopub":
-            self._iopub_seen = True
+            if not self._iopub_seen:
+                self._iopub_seen = True
+                if self._readiness_check is not None:
+                    self._readiness_check()
             if message.msg_type == "status":
                 self._track_status(message)
             self._broadcast(message)
@@ -174,12 +178,21 @@ class ManagedKernel:
 
         def on_reply(message: KernelMessage) -> None:
             state["reply"] = message
+            check()
+
+        def check() -> None:
+            if state["reply"] is not None and self._iopub_seen:
+                finish(state["reply"])
 
         def finish(result) -> None:
             if ready.called:
                 return
+            self._readiness_check = None
             for msg_id in state["ids"]:
                 self._internal.pop(msg_id, None)
+            call = state.get("call")
+            if call is not None and call.active():
+                call.cancel()
             if isinstance(result, Exception):
                 ready.errback(result)
             else:
@@ -190,10 +203,8 @@ class ManagedKernel:
                 finish(KernelLaunchError(f"kernel {self.name} exited during startup"))
 
         def tick() -> None:
+            check()
             if ready.called:
-                return
-            if state["reply"] is not None and self._iopub_seen:
-                finish(state["reply"])
                 return
             if self._clock.seconds() >= deadline:
                 finish(KernelLaunchError(f"kernel {self.name} did not answer kernel_info within {timeout:g} s"))
@@ -206,7 +217,8 @@ class ManagedKernel:
             state["ticks"] += 1
             if state["ticks"] % 2 == 0:
                 self.launched.is_alive().addCallbacks(check_alive, lambda failure: None)
-            self._clock.callLater(NUDGE_INTERVAL if state["reply"] is None else 0.05, tick)
+            state["call"] = self._clock.callLater(NUDGE_INTERVAL, tick)
 
+        self._readiness_check = check
         tick()
         return ready

@@ -16,6 +16,7 @@ malformed frame, so callers need one ``except`` clause.  Layouts follow jupyter_
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from itertools import accumulate
 from json.encoder import encode_basestring_ascii as _encode_basestring_ascii
@@ -76,6 +77,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # json.loads would accept NaN/Infinity
 
 
+def _loads_stdlib(data: str | bytes | memoryview) -> Any:
+    """Exact parse (ints stay ints); strict UTF-8, and NaN/Infinity refused like orjson does."""
+    if not isinstance(data, str):
+        data = str(data, "utf-8")
+    return json.loads(data, parse_constant=_reject_constant)
+
+
 def _pack_stdlib(obj: Any) -> bytes:
     """Compact UTF-8 JSON: no spaces, non-ASCII kept, NaN/Infinity refused.
 
@@ -108,16 +116,23 @@ if _orjson is not None:
             return _pack_stdlib(obj)
         return out
 
+    _MAYBE_HUGE_INT = re.compile(rb"[0-9]{19}")
+
     def _loads_header(raw: bytes) -> Any:
-        # Lossy cases of orjson (ints beyond 64 bits become floats) cannot matter here: only
-        # msg_id/msg_type are read and the header bytes themselves are forwarded untouched.
-        return _orjson.loads(raw)
+        """orjson as an accelerator only: it turns ints beyond 64 bits (19+ digits) into
+        floats and refuses some inputs json reads, so those cases get the exact parser."""
+        if _MAYBE_HUGE_INT.search(raw) is None:
+            try:
+                return _orjson.loads(raw)
+            except ValueError:
+                pass
+        return _loads_stdlib(raw)
 
 else:  # pragma: no cover - exercised only without orjson
     pack_json = _pack_stdlib
 
     def _loads_header(raw: bytes) -> Any:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        return _loads_stdlib(raw)
 
 
 def _quote(value: Any) -> bytes:
@@ -267,11 +282,9 @@ def _from_legacy(msg: Any, buffers: list[bytes]) -> IncomingMessage:
 
 
 def _loads_message(data: str | bytes | memoryview) -> Any:
-    """Full parse with :mod:`json`, which keeps big ints exact (orjson makes them floats)."""
+    """Full parse with :mod:`json`: the dicts are re-packed, so the parse must be exact."""
     try:
-        if not isinstance(data, str):
-            data = str(data, "utf-8")
-        return json.loads(data, parse_constant=_reject_constant)
+        return _loads_stdlib(data)
     except UnicodeDecodeError:
         raise WireError("message is not valid UTF-8") from None
     except (ValueError, RecursionError):
