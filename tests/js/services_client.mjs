@@ -395,9 +395,15 @@ async function main() {
   });
 
   await step('interrupt', async () => {
-    const future = kernel.requestExecute({ code: 'import time\nfor _ in range(300):\n    time.sleep(0.1)' });
-    await withTimeout(waitForStatus(kernel, 'busy'), 'the kernel to go busy');
-    await new Promise(resolve => setTimeout(resolve, 300));
+    // Interrupt only once the cell is certainly running: it prints first.
+    const future = kernel.requestExecute({
+      code: 'import time\nprint("sleeping", flush=True)\nfor _ in range(300):\n    time.sleep(0.1)'
+    });
+    await withTimeout(new Promise(resolve => {
+      future.onIOPub = msg => {
+        if (msg.header.msg_type === 'stream' && msg.content.text.includes('sleeping')) resolve();
+      };
+    }), 'the cell to start running');
     const started = Date.now();
     await kernel.interrupt();
     const reply = (await withTimeout(future.done, 'the interrupted execute_reply', 15000)).content;
