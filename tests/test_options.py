@@ -204,3 +204,21 @@ def test_listen_on_unix_socket(tmp_path):
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_kernel_dead_after_restart_limit():
+    with GatewayProcess("--restart-limit", "0") as gateway:
+        kernel = gateway.start_kernel()
+        with gateway.connect(kernel["id"]) as client:
+            pid = int(stdout_of(client.run("import os; print(os.getpid())")))
+            import os
+            import signal
+
+            os.kill(pid, signal.SIGKILL)
+            dead = client.wait_for(lambda m: m["msg_type"] == "status", timeout=20)
+            assert dead["content"]["execution_state"] == "dead"
+        assert gateway.request("GET", f"/api/kernels/{kernel['id']}").json()["execution_state"] == "dead"
+        assert kernel["id"] in [k["id"] for k in gateway.request("GET", "/api/kernels").json()]
+        assert gateway.request("POST", f"/api/kernels/{kernel['id']}/interrupt").status_code == 409
+        assert gateway.request("DELETE", f"/api/kernels/{kernel['id']}").status_code == 204
+        no_leftovers(gateway)

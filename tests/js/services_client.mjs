@@ -165,19 +165,6 @@ function waitForConnected(kernel) {
   });
 }
 
-function waitForStatus(kernel, wanted) {
-  if (kernel.status === wanted) return Promise.resolve();
-  return new Promise(resolve => {
-    const on = (_, status) => {
-      if (status === wanted) {
-        kernel.statusChanged.disconnect(on);
-        resolve();
-      }
-    };
-    kernel.statusChanged.connect(on);
-  });
-}
-
 /** Execute code; return {reply, stdout, results, inputRequests, errors}. */
 async function execute(kernel, code, { stdin } = {}) {
   const future = kernel.requestExecute({ code, allow_stdin: Boolean(stdin), stop_on_error: true });
