@@ -29,6 +29,7 @@ import argparse
 import atexit
 import collections
 import datetime
+import faulthandler
 import json
 import math
 import os
@@ -119,6 +120,44 @@ def proc_cpu_seconds(pid: int) -> float:
     """utime + stime of one process (all its threads, not its children)."""
     fields = _proc_stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+CpuSnap = collections.namedtuple("CpuSnap", "stat_s threads_ns")
+
+
+def cpu_snapshot(pid: int | None) -> CpuSnap | None:
+    """CPU used so far by one process, not its children: utime+stime from
+    /proc/PID/stat (clock ticks, 10 ms) plus, for precision, the nanosecond
+    run time of each thread from /proc/PID/task/*/schedstat."""
+    if not pid:
+        return None
+    try:
+        stat_s = proc_cpu_seconds(pid)
+    except OSError:
+        return None
+    threads = {}
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    threads[tid] = int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    except OSError:
+        pass
+    return CpuSnap(stat_s, threads)
+
+
+def cpu_delta(after: CpuSnap | None, before: CpuSnap | None) -> float | None:
+    """Seconds of CPU between two snapshots: the per-thread nanosecond sum
+    when no thread went away in between, else the tick-based stat delta."""
+    if after is None or before is None:
+        return None
+    if before.threads_ns and after.threads_ns and \
+            set(before.threads_ns) <= set(after.threads_ns):
+        return sum(ns - before.threads_ns.get(tid, 0)
+                   for tid, ns in after.threads_ns.items()) / 1e9
+    return after.stat_s - before.stat_s
 
 
 def _children_map() -> dict[int, list[int]]:
@@ -251,6 +290,30 @@ def cleanup_all() -> None:
 
 def _on_signal(signum, frame):
     raise SystemExit(128 + signum)
+
+
+class HardLimit:
+    """Last-resort bound on one step: SIGALRM raises BenchTimeout in the main
+    thread even if a library call ignored our deadlines.  The stacks are dumped
+    first so that such a hang can be diagnosed."""
+
+    def __init__(self, seconds: float, what: str):
+        self.seconds, self.what = seconds, what
+
+    def _fire(self, signum, frame):
+        log(f"hard limit of {self.seconds:.0f}s hit during {self.what}; stacks:")
+        faulthandler.dump_traceback(all_threads=True)
+        raise BenchTimeout(f"hard limit of {self.seconds:.0f}s hit ({self.what})")
+
+    def __enter__(self):
+        self._old = signal.signal(signal.SIGALRM, self._fire)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        return self
+
+    def __exit__(self, *exc):
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self._old)
+        return False
 
 
 # --------------------------------------------------------------------------
@@ -546,10 +609,10 @@ class Target:
     def connect_listener(self, kid: str, fmt: str) -> Conn:
         return self.connect(kid, fmt)
 
-    def gateway_cpu(self) -> float | None:
+    def gateway_cpu(self) -> CpuSnap | None:
         return None
 
-    def kernel_cpu(self, kid: str) -> float | None:
+    def kernel_cpu(self, kid: str) -> CpuSnap | None:
         return None
 
     def info(self) -> dict:
@@ -564,9 +627,6 @@ class DirectTarget(Target):
         self.kernel_name = kernel_name
         self.logfile = logdir / "direct-kernels.log"
         self.kms: dict[str, object] = {}
-
-    def start(self):
-        from jupyter_client import KernelManager  # noqa: F401  (fail early)
 
     def new_kernel(self):
         from jupyter_client import KernelManager
@@ -598,7 +658,7 @@ class DirectTarget(Target):
     def kernel_cpu(self, kid):
         km = self.kms.get(kid)
         try:
-            return proc_cpu_seconds(km.provisioner.process.pid)
+            return cpu_snapshot(km.provisioner.process.pid)
         except Exception:
             return None
 
@@ -693,7 +753,9 @@ class GatewayTarget(Target):
         try:
             lines = self.logfile.read_text(errors="replace").splitlines()[-n:]
         except OSError:
-            return "(no log)"
+            return "    (no log)"
+        if not lines:
+            return "    (log is empty)"
         return "\n".join("    " + ln for ln in lines)
 
     def alive(self):
@@ -740,12 +802,12 @@ class GatewayTarget(Target):
         return WSConn(self.ws_base, kid, fmt, quickack=quickack)
 
     def gateway_cpu(self):
-        return proc_cpu_seconds(self.cpu_pid) if self.cpu_pid else None
+        return cpu_snapshot(self.cpu_pid)
 
     def kernel_cpu(self, kid):
         pid = self.kernels.get(kid)
         try:
-            return proc_cpu_seconds(pid) if pid else None
+            return cpu_snapshot(pid)
         except OSError:
             return None
 
@@ -833,7 +895,8 @@ def make_kg(args, logdir: Path) -> GatewayTarget:
         "--ZMQChannelsWebsocketConnection.iopub_msg_rate_limit=0",
         "--ZMQChannelsWebsocketConnection.iopub_data_rate_limit=0",
     ]
-    env = dict(os.environ, KG_LIST_KERNELS="True")
+    env = dict(os.environ, KG_LIST_KERNELS="True",
+               JUPYTER_RUNTIME_DIR=str(logdir / "runtime-kg"))
     env.pop("PYTHONPATH", None)
     t = GatewayTarget("kg", cmd, env, str(logdir), port, logdir, args.kernel_name,
                       args.startup_timeout)
@@ -935,6 +998,7 @@ class Measures:
         self.values: dict[str, dict[str, float | None]] = collections.OrderedDict()
         self.details: dict[str, dict[str, dict]] = collections.OrderedDict()
         self.errors: dict[str, dict[str, str]] = collections.OrderedDict()
+        self.notes: dict[str, dict[str, str]] = collections.OrderedDict()
 
     def put(self, measure, target, value, **detail):
         self.values.setdefault(measure, {})[target] = value
@@ -981,23 +1045,27 @@ class Runner:
 
     # each workload gets a fresh kernel and a bounded deadline
     def _with_kernel(self, target: Target, fn, *fargs):
-        kid = target.new_kernel()
+        limit = self.a.measure_timeout + self.a.startup_timeout + 30
+        kid = None
         try:
-            return fn(target, kid, *fargs)
+            with HardLimit(limit, f"{target.name} {fn.__name__} {fargs}"):
+                kid = target.new_kernel()
+                return fn(target, kid, *fargs)
         finally:
-            try:
-                target.delete_kernel(kid)
-            except Exception as e:
-                log(f"[{target.name}] kernel cleanup failed: {e!r}")
+            if kid is not None:
+                try:
+                    with HardLimit(60, f"{target.name} kernel shutdown"):
+                        target.delete_kernel(kid)
+                except Exception as e:
+                    log(f"[{target.name}] kernel cleanup failed: {e!r}")
 
     def _cpu_pair(self, target, kid):
         return target.gateway_cpu(), target.kernel_cpu(kid)
 
     @staticmethod
     def _delta(after, before, div):
-        if after is None or before is None:
-            return None
-        return (after - before) / div
+        d = cpu_delta(after, before)
+        return None if d is None else d / div
 
     def round_trip(self, target, kid, fmt, quickack=False):
         a = self.a
@@ -1069,9 +1137,10 @@ class Runner:
         if box["warn"]:
             raise BenchError(f"gateway rate-limited iopub ({box['warn']} warnings, "
                              f"{box['n']}/{expect} display_data arrived)")
-        if box["n"] != expect:
+        if box["n"] > expect:
             raise BenchError(f"{box['n']} display_data arrived, expected {expect}")
-        return (el, box["bytes"], self._delta(g1, g0, 1), self._delta(k1, k0, 1), c1 - c0)
+        return (el, box["n"], box["bytes"], self._delta(g1, g0, 1), self._delta(k1, k0, 1),
+                c1 - c0)
 
     def small(self, target, kid, fmt):
         n = self.a.small_count
@@ -1079,11 +1148,13 @@ class Runner:
                 f"for i in range({n}):\n"
                 "    display({'text/plain': str(i)}, raw=True)\n")
         warm = code.replace(f"range({n})", "range(200)")
-        el, nbytes, g, k, c = self._flood(target, kid, fmt, code, warm, n)
-        rate = n / el
-        cpu = g / n * 1e6 if g is not None else None
-        self.m.put(f"small_{fmt}", target.name, rate, elapsed_s=el, messages=n,
-                   wire_bytes=nbytes, gateway_cpu_s=g, kernel_cpu_s=k, client_cpu_s=c)
+        el, got, nbytes, g, k, c = self._flood(target, kid, fmt, code, warm, n)
+        rate = got / el
+        cpu = g / got * 1e6 if g is not None and got else None
+        self.m.put(f"small_{fmt}", target.name, rate, elapsed_s=el, messages=n, received=got,
+                   lost=n - got, wire_bytes=nbytes, gateway_cpu_s=g, kernel_cpu_s=k,
+                   client_cpu_s=c)
+        self._note_loss(f"small_{fmt}", target.name, n, got)
         if target.has_gateway:
             self.m.put(f"cpu_small_{fmt}", target.name, cpu)
         log(f"[{target.name}] iopub small {fmt}: {rate:,.0f} msg/s ({el:.2f} s)"
@@ -1096,17 +1167,26 @@ class Runner:
                 f"for i in range({n}):\n"
                 "    display({'text/plain': _s}, raw=True)\n")
         warm = code.replace(f"range({n})", "range(2)")
-        el, nbytes, g, k, c = self._flood(target, kid, fmt, code, warm, n)
-        mb = n * size / 1e6
+        el, got, nbytes, g, k, c = self._flood(target, kid, fmt, code, warm, n)
+        self._note_loss(f"large_{fmt}", target.name, n, got)
+        mb = got * size / 1e6
         rate = mb / el
         cpu = g / mb * 1e3 if g is not None else None
-        self.m.put(f"large_{fmt}", target.name, rate, elapsed_s=el, outputs=n,
+        self.m.put(f"large_{fmt}", target.name, rate, elapsed_s=el, outputs=n, received=got,
                    output_bytes=size, wire_bytes=nbytes, gateway_cpu_s=g,
                    kernel_cpu_s=k, client_cpu_s=c)
         if target.has_gateway:
             self.m.put(f"cpu_large_{fmt}", target.name, cpu)
         log(f"[{target.name}] iopub large {fmt}: {rate:,.1f} MB/s ({el:.2f} s)"
             + (f", gateway CPU {cpu:.2f} ms/MB" if cpu is not None else ""))
+
+    def _note_loss(self, key, target, sent, got):
+        if got < sent:
+            msg = (f"{sent - got} of {sent} display_data never arrived (dropped between "
+                   f"kernel and client; ZMQ PUB drops at its high-water mark when the "
+                   f"subscriber falls behind); rate counts delivered messages only")
+            self.m.notes.setdefault(key, {})[target] = msg
+            log(f"[{target}] {key}: {msg}")
 
     # -- optional workloads -------------------------------------------------
 
@@ -1292,9 +1372,11 @@ class Runner:
         if target.alive() and a.par_kernels > 0:
             kids = []
             try:
-                for _ in range(a.par_kernels):
-                    kids.append(target.new_kernel())
-                self.parallel(target, kids, FORMATS)
+                limit = 2 * a.measure_timeout + a.startup_timeout * 2 + 60
+                with HardLimit(limit, f"{target.name} parallel"):
+                    for _ in range(a.par_kernels):
+                        kids.append(target.new_kernel())
+                    self.parallel(target, kids, FORMATS)
             except Exception as e:
                 for fmt in FORMATS:
                     if target.name not in self.m.values.get(f"par_{fmt}", {}):
@@ -1303,7 +1385,8 @@ class Runner:
             finally:
                 for kid in kids:
                     try:
-                        target.delete_kernel(kid)
+                        with HardLimit(60, f"{target.name} kernel shutdown"):
+                            target.delete_kernel(kid)
                     except Exception:
                         pass
         if a.fanout_clients > 0:
@@ -1366,6 +1449,8 @@ def build_report(measures: Measures, args):
 
 
 def print_table(rows, measures: Measures):
+    if not rows:
+        print("\n(no measurements)")
     kind_txt = {"time": "time", "speed": "speed", "cost": "cost"}
     head = (f"{'measure':<42} {'unit':>6} {'direct':>10} {'kg':>10} {'jkg':>10}"
             f" {'kind':>5} {'jkg/dir':>8} {'kg/dir':>8} {'jkg/kg':>8}")
@@ -1386,12 +1471,26 @@ def print_table(rows, measures: Measures):
     print("slower / more CPU than the denominator. kind=speed: higher is better, a ratio < 1")
     print("means less throughput than the denominator. 'cost' rows are gateway-process CPU")
     print("(utime+stime of the gateway only, not its kernels), so they have no direct value.")
+    if measures.notes:
+        print()
+        print("Notes:")
+        for key, per in measures.notes.items():
+            for tgt, msg in per.items():
+                print(f"  {key} [{tgt}]: {msg}")
     if measures.errors:
         print()
         print("Errors / skipped:")
         for key, per in measures.errors.items():
             for tgt, msg in per.items():
                 print(f"  {key} [{tgt}]: {msg.splitlines()[0][:160]}")
+
+
+def _loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(x) for x in f.read().split()[:3]]
+    except (OSError, ValueError):
+        return None
 
 
 def machine_info() -> dict:
@@ -1454,6 +1553,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
+    faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid>: where is it stuck?
     atexit.register(cleanup_all)
     logdir = Path(tempfile.mkdtemp(prefix="jkg-bench-"))
     log(f"logs and kernel cwd: {logdir}")
@@ -1462,18 +1562,25 @@ def main(argv=None) -> int:
     meta = {"started": _now_iso(), "machine": machine_info(), "args": {
         k: v for k, v in vars(args).items()}, "targets": {}, "skipped": {}}
     t_start = time.monotonic()
+    rc = 0
+    meta["loadavg_start"] = _loadavg()
+    if meta["loadavg_start"] and meta["loadavg_start"][0] > 0.5:
+        log(f"warning: load average {meta['loadavg_start'][0]:.2f} at start; something "
+            "else is using the CPUs and the numbers will be noisy")
     try:
         for name in args.targets:
             t0 = time.monotonic()
             try:
-                if name == "direct":
-                    target = DirectTarget(args.kernel_name, logdir)
-                elif name == "kg":
-                    target = make_kg(args, logdir)
-                else:
-                    target = make_jkg(args, logdir)
-                target.start()
-            except TargetUnavailable as e:
+                # (the kg venv may be built here: pip gets up to 900 s)
+                with HardLimit(args.startup_timeout + 960, f"starting {name}"):
+                    if name == "direct":
+                        target = DirectTarget(args.kernel_name, logdir)
+                    elif name == "kg":
+                        target = make_kg(args, logdir)
+                    else:
+                        target = make_jkg(args, logdir)
+                    target.start()
+            except (TargetUnavailable, BenchTimeout, OSError, subprocess.SubprocessError) as e:
                 first, *rest = str(e).splitlines() or [""]
                 print(f"SKIP {name}: {first}", flush=True)
                 for ln in rest:
@@ -1488,18 +1595,29 @@ def main(argv=None) -> int:
                 runner.run_target(target)
             finally:
                 meta["targets"][name] = dict(target.info(), seconds=time.monotonic() - t0)
-                target.stop()
+                try:
+                    with HardLimit(120, f"stopping {name}"):
+                        target.stop()
+                except BenchTimeout as e:
+                    log(f"[{name}] stop: {e}")
+    except (KeyboardInterrupt, SystemExit) as e:
+        rc = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 130
+        log("interrupted: stopping everything, partial results follow")
+        meta["interrupted"] = True
     finally:
         cleanup_all()
+    meta["loadavg_end"] = _loadavg()
+    meta["seconds"] = time.monotonic() - t_start
     rows = build_report(measures, args)
     print_table(rows, measures)
     print(f"\ntotal {time.monotonic() - t_start:.0f}s; logs in {logdir}")
     if args.json_out:
         out = {"meta": meta, "rows": rows, "values": measures.values,
-               "details": measures.details, "errors": measures.errors}
+               "details": measures.details, "errors": measures.errors,
+               "notes": measures.notes}
         Path(args.json_out).write_text(json.dumps(out, indent=2, default=str) + "\n")
         print(f"JSON written to {args.json_out}")
-    return 0
+    return rc
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ class FakeChannels:
         self.on_message = on_message
         self.sent: list[tuple[str, list]] = []
         self.closed = False
+        self.all_connected = True
+        self.on_connected = None
 
     def send(self, channel: str, parts) -> None:
         if not self.closed:

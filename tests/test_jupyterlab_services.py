@@ -239,10 +239,6 @@ def test_restart_keeps_id_and_reconnects(token_run):
     assert result["session_id_kept"] is True
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "jkg bug: a REST restart (KernelRegistry._restart) broadcasts iopub status 'restarting', which "
-    "jupyter_server sends only for auto-restarts after a crash; @jupyterlab/services then reports "
-    "'autorestarting', clears its state and reconnects a second time"))
 def test_rest_restart_is_not_reported_as_auto_restart(token_run):
     result = step(token_run, "restart")
     assert "autorestarting" not in result["statuses"], result["statuses"]
@@ -256,10 +252,6 @@ def test_shutdown_removes_kernel(token_run):
     assert result["model_after"] == "not found"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "jkg bug: on kernel shutdown ChannelsProtocol.disconnect turns the registry's 1001 into close code "
-    "4004, which @jupyterlab/services treats as a lost connection: other clients of the deleted kernel "
-    "keep reconnecting (7 attempts with back-off) instead of going 'disconnected'"))
 def test_shutdown_lets_other_clients_disconnect_cleanly(token_run):
     result = step(token_run, "shutdown")
     assert result["observer_close_code"] in (1000, 1001), result

@@ -202,6 +202,14 @@ def test_v1_bad_header(header_bytes, reason):
         decode_client_v1(frame)
 
 
+def test_v1_header_parse_is_exact():
+    """orjson is only an accelerator: what it would get wrong or refuse goes to json."""
+    raw = b'{"msg_id":"\\ud800","msg_type":"x","n":123456789012345678901,"m":-9223372036854775809}'
+    msg = decode_client_v1(encode_v1("shell", [raw, b"{}", b"{}", b"{}"]))
+    assert msg.header == json.loads(raw) and msg.header["n"] == 123456789012345678901
+    assert msg.parts[0] is raw or msg.parts[0] == raw
+
+
 def test_v1_other_parts_are_not_parsed():
     frame = encode_v1("shell", [kernel_pack(header()), b"not json", b"\xff", b"", b"buf"])
     assert decode_client_v1(frame).parts[1:] == [b"not json", b"\xff", b"", b"buf"]

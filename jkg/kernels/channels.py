@@ -15,12 +15,14 @@ import time, so this module must only be imported after the reactor is chosen.
 from __future__ import annotations
 
 import hmac
+import struct
 import uuid
 from typing import Callable, Sequence
 
+import zmq
 from jupyter_client.session import Session
 from twisted.logger import Logger
-from txzmq import ZmqDealerConnection, ZmqEndpoint, ZmqEndpointType, ZmqFactory, ZmqSubConnection
+from txzmq import ZmqConnection, ZmqDealerConnection, ZmqEndpoint, ZmqEndpointType, ZmqFactory, ZmqSubConnection
 
 from .messages import DELIMITER, KernelMessage, MalformedMessage, parse_kernel_frames
 
@@ -34,10 +36,14 @@ class _Socket:
 
     txzmq's SUB delivers only the first frame to ``gotMessage``; Jupyter
     messages have seven or more, so ``messageReceived`` is overridden.
+    Reconnects start fast (10 ms) so a freshly started kernel is reached as
+    soon as it binds, and back off to 1 s for a kernel that is gone.
     """
 
     channel = ""
     on_frames: Callable[[str, list], None]
+    reconnectInterval = 10
+    reconnectIntervalMax = 1000
 
     def messageReceived(self, message):  # noqa: N802 - txzmq hook
         self.on_frames(self.channel, message)
@@ -49,6 +55,20 @@ class _SubSocket(_Socket, ZmqSubConnection):
 
 class _DealerSocket(_Socket, ZmqDealerConnection):
     pass
+
+
+class _MonitorSocket(ZmqConnection):
+    """Receives a socket's monitor events (a PAIR on an inproc address)."""
+
+    socketType = zmq.PAIR
+    on_event: Callable[[int], None]
+
+    def messageReceived(self, message):  # noqa: N802 - txzmq hook
+        if message and len(message[0]) >= 2:
+            self.on_event(struct.unpack_from("<H", message[0])[0])
+
+
+_CONNECTED_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED
 
 
 def _address(info: dict, channel: str) -> str:
@@ -74,6 +94,9 @@ class KernelChannels:
         self._on_message = on_message
         self.identity = uuid.uuid4().hex.encode("ascii")
         self._sockets: dict[str, _Socket] = {}
+        self._monitors: dict[str, _MonitorSocket] = {}
+        self._factory = factory
+        self.on_connected: Callable[[], None] | None = None
         iopub = _SubSocket(factory, ZmqEndpoint(ZmqEndpointType.connect, _address(connection_info, "iopub")))
         iopub.channel, iopub.on_frames = "iopub", self._frames_received
         iopub.subscribe(b"")
@@ -84,6 +107,43 @@ class KernelChannels:
             socket.channel, socket.on_frames = channel, self._frames_received
             self._sockets[channel] = socket
         self.closed = False
+        for channel, socket in self._sockets.items():
+            self._monitor(channel, socket)
+
+    @property
+    def all_connected(self) -> bool:
+        """Whether every socket has completed its handshake with the kernel.
+
+        A kernel's stdin ROUTER drops an ``input_request`` addressed to a
+        peer whose handshake is not done yet, so a kernel is not ready for
+        clients until all four sockets are connected, not just shell.
+        """
+        return not self._monitors
+
+    def _monitor(self, channel: str, socket) -> None:
+        address = f"inproc://jkg-monitor-{uuid.uuid4().hex}"
+        socket.socket.monitor(address, _CONNECTED_EVENTS)
+        monitor = _MonitorSocket(self._factory, ZmqEndpoint(ZmqEndpointType.connect, address))
+        monitor.on_event = lambda event, channel=channel: self._connected(channel)
+        self._monitors[channel] = monitor
+
+    def _connected(self, channel: str) -> None:
+        monitor = self._monitors.pop(channel, None)
+        if monitor is None:
+            return
+        self._factory.reactor.callLater(0, self._stop_monitor, channel, monitor)
+        if not self._monitors and self.on_connected is not None:
+            self.on_connected()
+
+    def _stop_monitor(self, channel: str, monitor) -> None:
+        socket = self._sockets.get(channel)
+        try:
+            if socket is not None and socket.socket is not None:
+                socket.socket.disable_monitor()
+            if monitor.socket is not None:
+                monitor.shutdown()
+        except zmq.ZMQError:
+            pass
 
     def sign(self, parts: Sequence[bytes]) -> bytes:
         return self._session.sign(parts[:4])
@@ -114,6 +174,12 @@ class KernelChannels:
         if self.closed:
             return
         self.closed = True
+        monitors, self._monitors = list(self._monitors.values()), {}
+        for monitor in monitors:
+            try:
+                monitor.shutdown()
+            except Exception:  # noqa: BLE001
+                pass
         for socket in self._sockets.values():
             try:
                 socket.shutdown()

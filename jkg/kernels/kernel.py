@@ -51,6 +51,7 @@ class ManagedKernel:
         self._replay: ReplayBuffer | None = None
         self._pending: dict[str, str] = {}  # request msg_id -> session_id
         self._internal: dict[str, Callable[[KernelMessage], None]] = {}
+        self._quiet: set[str] = set()  # the gateway's own requests: their iopub stays private
         self._iopub_seen = False
         self._readiness_check: Callable[[], None] | None = None
         self.channels = connect(launched.connection_info, self._on_message)
@@ -75,6 +76,8 @@ class ManagedKernel:
                     self._readiness_check()
             if message.msg_type == "status":
                 self._track_status(message)
+            if message.parent_id in self._quiet:
+                return  # busy/idle around the gateway's own kernel_info probes
             self._broadcast(message)
             return
         parent = message.parent_id
@@ -181,13 +184,14 @@ class ManagedKernel:
             check()
 
         def check() -> None:
-            if state["reply"] is not None and self._iopub_seen:
+            if state["reply"] is not None and self._iopub_seen and self.channels.all_connected:
                 finish(state["reply"])
 
         def finish(result) -> None:
             if ready.called:
                 return
             self._readiness_check = None
+            self.channels.on_connected = None
             for msg_id in state["ids"]:
                 self._internal.pop(msg_id, None)
             call = state.get("call")
@@ -213,6 +217,9 @@ class ManagedKernel:
             msg_id = loads(parts[0])["msg_id"]
             state["ids"].append(msg_id)
             self._internal[msg_id] = on_reply
+            if len(self._quiet) > 1000:
+                self._quiet.clear()
+            self._quiet.add(msg_id)
             self.channels.send("shell", parts)
             state["ticks"] += 1
             if state["ticks"] % 2 == 0:
@@ -220,5 +227,6 @@ class ManagedKernel:
             state["call"] = self._clock.callLater(NUDGE_INTERVAL, tick)
 
         self._readiness_check = check
+        self.channels.on_connected = check
         tick()
         return ready

@@ -120,20 +120,30 @@ class KernelRegistry(Service):
         return kernel.launched.interrupt()
 
     def restart(self, kernel_id: str) -> Deferred:
+        """A restart the client asked for: clients see ``starting``, not ``restarting``.
+
+        jupyter_server sends ``restarting`` only when a kernel died and is
+        being restarted automatically; @jupyterlab/services treats it as such
+        (it drops its futures and reconnects), so a requested restart must
+        not send it.
+        """
         kernel = self.get(kernel_id)
         lock = self._locks[kernel_id]
         if lock.locked:
             raise Conflict(f"kernel {kernel_id} is already restarting or shutting down")
-        return lock.run(self._restart, kernel, now=False)
+        return lock.run(self._restart, kernel, automatic=False)
 
     @inlineCallbacks
-    def _restart(self, kernel: ManagedKernel, now: bool):
+    def _restart(self, kernel: ManagedKernel, automatic: bool):
         kernel.busy_with = "restarting"
-        kernel.broadcast_status("restarting")
+        if automatic:
+            kernel.broadcast_status("restarting")
         try:
             kernel.channels.close()
-            yield kernel.launched.restart(now=now)
+            yield kernel.launched.restart(now=automatic)
             kernel.reconnect()
+            if not automatic:
+                kernel.broadcast_status("starting")
             yield kernel.wait_ready(self.config.kernel_launch_timeout)
         except Exception as error:
             kernel.busy_with = None
@@ -153,7 +163,7 @@ class KernelRegistry(Service):
     @inlineCallbacks
     def _shutdown(self, kernel: ManagedKernel):
         kernel.busy_with = "shutting down"
-        kernel.disconnect_all(1001, "kernel shut down")
+        kernel.disconnect_all(1000, "kernel shut down")
         kernel.channels.close()
         yield kernel.launched.shutdown(now=False)
         log.info("shut down kernel {id}", id=kernel.id)
@@ -192,7 +202,7 @@ class KernelRegistry(Service):
         log.warn("kernel {id} died; restarting ({n}/{limit})", id=kernel.id, n=kernel.restart_count,
                  limit=self.config.restart_limit)
         try:
-            yield self._locks[kernel.id].run(self._restart, kernel, now=True)
+            yield self._locks[kernel.id].run(self._restart, kernel, automatic=True)
         except KernelLaunchError:
             pass
 

@@ -22,7 +22,6 @@ _log = Logger()  # autobahn claims ``.log`` on protocols
 
 LEGACY = "legacy"
 V1 = "v1"
-CLOSE_KERNEL_GONE = 4004
 CLOSE_BAD_MESSAGE = 4400
 
 
@@ -74,8 +73,8 @@ class ChannelsProtocol(WebSocketServerProtocol):
     def onOpen(self):  # noqa: N802 - autobahn API
         try:
             self.factory.registry.attach(self.kernel_id, self)
-        except GatewayError as error:
-            self.sendClose(CLOSE_KERNEL_GONE, error.message[:120])
+        except GatewayError as error:  # deleted between the route's lookup and now
+            self.sendClose(1000, error.message[:120])
             return
         self.attached = True
 
@@ -90,7 +89,7 @@ class ChannelsProtocol(WebSocketServerProtocol):
             _log.info("closing {session}: malformed message: {error}", session=self.session_id, error=error)
             self.sendClose(CLOSE_BAD_MESSAGE, f"malformed message: {error}"[:120])
         except GatewayError as error:
-            code = CLOSE_BAD_MESSAGE if isinstance(error, BadRequest) else CLOSE_KERNEL_GONE
+            code = CLOSE_BAD_MESSAGE if isinstance(error, BadRequest) else 1000
             self.sendClose(code, error.message[:120])
 
     def onClose(self, wasClean, code, reason):  # noqa: N802,N803 - autobahn API
@@ -106,9 +105,10 @@ class ChannelsProtocol(WebSocketServerProtocol):
         self.sendMessage(frame[0], isBinary=frame[1])
 
     def disconnect(self, code: int, reason: str) -> None:
+        """Close with 1000: @jupyterlab/services reconnects on any other code."""
         if getattr(self, "attached", False):
             self.attached = False
-            self.sendClose(CLOSE_KERNEL_GONE if code != 1000 else 1000, reason[:120])
+            self.sendClose(1000, reason[:120])
 
 
 def make_channels_factory(registry, config) -> WebSocketServerFactory:

@@ -16,7 +16,6 @@ malformed frame, so callers need one ``except`` clause.  Layouts follow jupyter_
 from __future__ import annotations
 
 import json
-import re
 from functools import lru_cache
 from itertools import accumulate
 from json.encoder import encode_basestring_ascii as _encode_basestring_ascii
@@ -74,7 +73,7 @@ def _be_u32s(count: int) -> Struct:
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")  # json.loads would accept NaN/Infinity
+    raise ValueError(f"{name} is not JSON")  # json.loads accepts NaN/Infinity otherwise
 
 
 def _loads_stdlib(data: str | bytes | memoryview) -> Any:
@@ -94,8 +93,7 @@ def _pack_stdlib(obj: Any) -> bytes:
 
 
 if _orjson is not None:
-    # Datetimes and dataclasses go to the stdlib path (which refuses them) so both paths
-    # accept exactly the same inputs.
+    # Datetimes and dataclasses go to json (which refuses them): both paths accept the same.
     _ORJSON_OPTIONS = _orjson.OPT_PASSTHROUGH_DATETIME | _orjson.OPT_PASSTHROUGH_DATACLASS
 
     def pack_json(obj: Any) -> bytes:
@@ -111,28 +109,24 @@ if _orjson is not None:
         try:
             out = _orjson.dumps(obj, option=_ORJSON_OPTIONS)
         except TypeError:
-            return _pack_stdlib(obj)
-        if b"null" in out:
-            return _pack_stdlib(obj)
-        return out
-
-    _MAYBE_HUGE_INT = re.compile(rb"[0-9]{19}")
+            out = b"null"
+        return _pack_stdlib(obj) if b"null" in out else out
 
     def _loads_header(raw: bytes) -> Any:
-        """orjson as an accelerator only: it turns ints beyond 64 bits (19+ digits) into
-        floats and refuses some inputs json reads, so those cases get the exact parser."""
-        if _MAYBE_HUGE_INT.search(raw) is None:
-            try:
-                return _orjson.loads(raw)
-            except ValueError:
-                pass
+        """orjson as an accelerator only: it turns ints beyond 64 bits into floats and refuses
+        some inputs json reads.  Standard header fields are all strings, which it reads
+        exactly; any other header is re-read with the exact parser."""
+        try:
+            header = _orjson.loads(raw)
+        except ValueError:
+            header = None
+        if type(header) is dict and all(type(v) is str for v in header.values()):
+            return header
         return _loads_stdlib(raw)
 
 else:  # pragma: no cover - exercised only without orjson
     pack_json = _pack_stdlib
-
-    def _loads_header(raw: bytes) -> Any:
-        return _loads_stdlib(raw)
+    _loads_header = _loads_stdlib
 
 
 def _quote(value: Any) -> bytes:
@@ -249,12 +243,8 @@ def decode_client_v1(frame: bytes) -> IncomingMessage:
 
 
 def _from_legacy(msg: Any, buffers: list[bytes]) -> IncomingMessage:
-    """Validate a parsed legacy message and pack its four dicts into parts.
-
-    As in jupyter_server a missing (or null) ``channel`` means shell; ``parent_header``,
-    ``metadata`` and ``content`` may be missing or null (sent as ``{}``) but are otherwise
-    objects.
-    """
+    """Check a parsed legacy message and pack its four objects; as in jupyter_server a missing
+    ``channel`` means shell, and missing/null parent_header/metadata/content mean ``{}``."""
     if type(msg) is not dict:
         raise WireError("message must be a JSON object")
     channel = msg.get("channel")
