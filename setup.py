@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
     python_requires=">=3.10",
-    packages=["jkg", "jkg.kernels", "jkg.web", "jkg.auth", "twisted.plugins"],
+    packages=["jkg", "jkg.kernels", "jkg.web", "jkg.auth", "jkg.client", "twisted.plugins"],
     install_requires=[
         "twisted[tls]>=24.7",
         "autobahn>=24.4",
@@ -28,7 +28,10 @@ setup(
         "zope.interface>=6",
     ],
     extras_require={
+        "client": ["nbclient>=0.10", "nbformat>=5.9"],
         "test": [
+            "nbclient>=0.10",
+            "nbformat>=5.9",
             "pytest>=8",
             "pytest-twisted>=1.14",
             "pytest-timeout>=2.3",

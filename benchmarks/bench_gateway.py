@@ -1469,8 +1469,9 @@ def print_table(rows, measures: Measures):
     print()
     print("Ratios are value/value. kind=time or cost: lower is better, a ratio > 1 means")
     print("slower / more CPU than the denominator. kind=speed: higher is better, a ratio < 1")
-    print("means less throughput than the denominator. 'cost' rows are gateway-process CPU")
-    print("(utime+stime of the gateway only, not its kernels), so they have no direct value.")
+    print("means less throughput than the denominator. 'cost' rows are CPU of the gateway")
+    print("process only (not its kernels), so they have no direct value. QUICKACK rows: the")
+    print("client ACKs every read at once (see README: Nagle).")
     if measures.notes:
         print()
         print("Notes:")

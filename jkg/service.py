@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import sys
-
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 
@@ -32,7 +31,27 @@ class Gateway:
 
 
 class ListenError(RuntimeError):
-    """A listener that could not start: a busy port or a bad endpoint string."""
+    """A listener that could not start: a busy port or a bad endpoint string.
+
+    An ``Exception`` (not ``SystemExit``) so that a daemonized twistd reports
+    it to the waiting parent; :mod:`jkg.tap` prints it as one line.
+    """
+
+
+class GatewayService(MultiService):
+    """Stops its children one at a time, last added first.
+
+    ``MultiService`` stops all children at once; here the listeners must be
+    closed before the kernels are shut down, and the ZeroMQ context may only
+    be closed once every kernel (including one still starting) is gone.
+    """
+
+    @inlineCallbacks
+    def stopService(self):  # noqa: N802 - Twisted API
+        Service.stopService(self)
+        for child in reversed(list(self)):
+            if child.running:
+                yield child.stopService()
 
 
 class _Listener(StreamServerEndpointService):
@@ -47,8 +66,8 @@ class _Listener(StreamServerEndpointService):
     def __init__(self, description: str, factory, reactor):
         try:
             endpoint = serverFromString(reactor, description)
-        except (ValueError, TypeError, KeyError) as error:
-            raise ListenError(f"invalid listen endpoint {description!r}: {error}") from None
+        except Exception as error:  # noqa: BLE001 - any parser, file or systemd fd error
+            raise ListenError(f"invalid listen endpoint {description!r}: {type(error).__name__}: {error}") from None
         super().__init__(endpoint, factory)
         self.description = description
 
@@ -56,12 +75,13 @@ class _Listener(StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except CannotListenError as error:
-            sys.stderr.write(f"jkg: error: cannot listen on {self.description}: {error.socketError}\n")
-            raise SystemExit(1) from None
+            raise ListenError(f"cannot listen on {self.description}: {error.socketError}") from None
+        except Exception as error:  # noqa: BLE001 - e.g. a systemd endpoint without a passed socket
+            raise ListenError(f"cannot listen on {self.description}: {type(error).__name__}: {error}") from None
 
 
 class _ZmqService(Service):
-    """Closes the ZeroMQ context after the kernels (stopped in reverse order)."""
+    """Closes the ZeroMQ context; added first, so stopped after the kernels."""
 
     def __init__(self, factory):
         self.factory = factory
@@ -100,7 +120,7 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     resource = make_root_resource(api.resource(), cors, config.base_url)
     site = GatewaySite(resource)
 
-    service = MultiService()
+    service = GatewayService()
     _ZmqService(zmq_factory).setServiceParent(service)
     registry.setServiceParent(service)
     return Gateway(config, registry, resource, site, service)

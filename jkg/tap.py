@@ -45,6 +45,19 @@ def _fail(message: str) -> "NoReturn":  # noqa: F821
     raise SystemExit(2)
 
 
+def _one_line_errors(hook=sys.excepthook):
+    """Print startup errors (a busy port, a bad endpoint) as one line, not a traceback."""
+    from .service import ListenError
+
+    def excepthook(kind, value, traceback):
+        if isinstance(value, ListenError):
+            sys.stderr.write(f"jkg: error: {value}\n")
+        else:
+            hook(kind, value, traceback)
+
+    sys.excepthook = excepthook
+
+
 def install_asyncio_reactor():
     """Return the asyncio reactor, installing it if no reactor is installed yet."""
     if "twisted.internet.reactor" not in sys.modules:
@@ -56,7 +69,7 @@ def install_asyncio_reactor():
 
     if not isinstance(reactor, AsyncioSelectorReactor):
         _fail(f"jkg needs the asyncio reactor but {type(reactor).__name__} is installed; "
-              "run without --reactor or with --reactor=asyncio")
+              "use twistd --reactor=asyncio (or no --reactor)")
     return reactor
 
 
@@ -69,6 +82,7 @@ def makeService(options):  # noqa: N802 - twistd API
     reactor = install_asyncio_reactor()
     from .service import ListenError, make_gateway_service
 
+    _one_line_errors()
     try:
         return make_gateway_service(config, reactor)
     except ListenError as error:

@@ -22,7 +22,7 @@ import websocket
 from jkg.web import wire
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-_PORT_LINE = re.compile(rb"GatewaySite starting on (\d+)")
+_PORT_LINE = re.compile(rb"GatewaySite (?:\(TLS\) )?starting on (\d+)")
 
 
 def kernel_pids() -> set[int]:

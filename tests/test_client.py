@@ -437,8 +437,6 @@ def test_tls_is_verified_by_default(tmp_path, monkeypatch):
 
     import support
 
-    # support.py only knows the plain-TCP start-up line; accept the TLS one too.
-    monkeypatch.setattr(support, "_PORT_LINE", re.compile(rb"GatewaySite (?:\(TLS\) )?starting on (\d+)"))
     cert, key = self_signed_certificate(tmp_path)
     listen = f"--listen=ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
     with GatewayProcess(listen, token=TOKEN) as tls_gateway:

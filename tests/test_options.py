@@ -222,3 +222,14 @@ def test_kernel_dead_after_restart_limit():
         assert gateway.request("POST", f"/api/kernels/{kernel['id']}/interrupt").status_code == 409
         assert gateway.request("DELETE", f"/api/kernels/{kernel['id']}").status_code == 204
         no_leftovers(gateway)
+
+
+def test_max_message_size_limits_clients_not_kernels():
+    with GatewayProcess("--max-message-size", "4096") as gateway:
+        kernel = gateway.start_kernel()
+        with gateway.connect(kernel["id"]) as client:
+            assert len(stdout_of(client.run("print('k' * 20000)"))) == 20001
+            client.execute("x = '" + "c" * 10000 + "'")
+            with pytest.raises((ConnectionError, websocket.WebSocketConnectionClosedException)):
+                client.recv(10)
+        no_leftovers(gateway)

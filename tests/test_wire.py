@@ -653,3 +653,18 @@ def test_stdlib_fallback_garbage_only_raises_wire_error(stdlib_wire, data):
             getattr(stdlib_wire, name)(data)
         except stdlib_wire.WireError:
             pass
+
+
+@pytest.mark.parametrize("length", [0, 125, 126, 65535, 65536, 3_000_000])
+@pytest.mark.parametrize("binary", [False, True])
+def test_server_frame_header_follows_rfc6455(length, binary):
+    header = wire.server_frame_header(length, binary)
+    assert header[0] == (0x82 if binary else 0x81)  # FIN, no RSV bits, text/binary opcode
+    assert header[1] & 0x80 == 0  # servers never mask
+    marker = header[1] & 0x7F
+    if length < 126:
+        assert marker == length and len(header) == 2
+    elif length < 65536:
+        assert marker == 126 and int.from_bytes(header[2:4], "big") == length
+    else:
+        assert marker == 127 and int.from_bytes(header[2:10], "big") == length

@@ -40,6 +40,31 @@ _MAX_MESSAGE = 256 * 1024 * 1024  # jkg's default limit; tornado's own default (
 _MAX_DELAY = 10.0
 
 
+def _current_task() -> asyncio.Task | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # called from outside the loop (e.g. stop_channels() after asyncio.run)
+        return None
+
+
+def _cancel(task: asyncio.Task | None) -> None:
+    """Cancel a task of ours, unless it is the caller or its loop is already gone."""
+    if task is not None and not task.done() and task is not _current_task():
+        try:
+            task.cancel()
+        except RuntimeError:  # the loop is closed; the task will never run again anyway
+            pass
+
+
+def _settle(future: asyncio.Future | None, error: BaseException) -> None:
+    """Fail a pending future (tolerating a closed loop, where nobody can wait on it anyway)."""
+    if future is not None and not future.done():
+        try:
+            future.set_exception(error)
+        except RuntimeError:
+            pass
+
+
 def _consume(future: asyncio.Future) -> None:
     """Mark a future's exception as seen: a lost write is handled by reconnection, not by a warning."""
     if not future.cancelled():
@@ -122,11 +147,9 @@ class KernelConnection:
         """Close for good (the client stops its channels); no reconnection after this."""
         self._stopped = True
         self._close_socket()
-        for task in (self._task, self._watchdog):
-            if task is not None and not task.done() and task is not asyncio.current_task():
-                task.cancel()
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_exception(RuntimeError("the channels were stopped"))
+        _cancel(self._task)
+        _cancel(self._watchdog)
+        _settle(self._ready, RuntimeError("the channels were stopped"))
         self._wake()
 
     def kernel_gone(self, message: str) -> None:
@@ -311,10 +334,8 @@ class KernelConnection:
     def _fail(self, error: BaseException) -> None:
         if self.failure is None:
             self.failure = error
-        if self._watchdog is not None and not self._watchdog.done() and self._watchdog is not asyncio.current_task():
-            self._watchdog.cancel()
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_exception(error)
+        _cancel(self._watchdog)
+        _settle(self._ready, error)
         self._close_socket()
         self._wake()
 

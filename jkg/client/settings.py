@@ -59,7 +59,6 @@ class GatewaySettings:
     client_key: str = ""
     connect_timeout: float = 20.0
     request_timeout: float = 120.0  # a POST /api/kernels waits for the kernel to start
-    kernel_name: str = ""  # empty: the gateway's default kernel
     ws_protocol: str = "auto"  # "auto": offer v1 and use what the server selects; "legacy": offer nothing
     retry_max: int = 5  # WebSocket reconnection attempts after a drop
     retry_interval: float = 0.5  # first reconnection delay, doubled each attempt (capped at 10 s)

@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 from .. import __version__
 from ..auth.credentials import credentials_from_request
 from ..auth.realm import ITenant
-from ..errors import BadRequest, GatewayError, NotFound, Unauthorized
+from ..errors import BadRequest, GatewayError, Unauthorized
 from ..kernels.messages import isoformat
 from .channels import ChannelsUpgrade, negotiate_subprotocol
 from .http import query_arg, read_json_body, write_error, write_json
@@ -231,10 +231,6 @@ class GatewayAPI:
         await self.sessions.delete(session_id)
         request.setResponseCode(204)
         return b""
-
-    @app.route("/", branch=True)
-    async def not_found(self, request):
-        raise NotFound(f"no such resource: {request.path.decode('utf-8', 'replace')}")
 
 
 def _peer(request) -> str:

@@ -41,12 +41,14 @@ def negotiate_subprotocol(offered: bytes | None) -> str | None:
                      f"this gateway speaks {wire.V1_PROTOCOL} or the legacy protocol (no subprotocol)")
 
 
-def _encode_v1(message) -> tuple[bytes, bool]:
-    return wire.encode_v1(message.channel, message.parts), True
+def _encode_v1(message) -> tuple[bytes, bytes]:
+    payload = wire.encode_v1(message.channel, message.parts)
+    return wire.server_frame_header(len(payload), True), payload
 
 
-def _encode_legacy(message) -> tuple[bytes, bool]:
-    return wire.encode_legacy(message.channel, message.parts, message.msg_id, message.msg_type)
+def _encode_legacy(message) -> tuple[bytes, bytes]:
+    payload, binary = wire.encode_legacy(message.channel, message.parts, message.msg_id, message.msg_type)
+    return wire.server_frame_header(len(payload), binary), payload
 
 
 _ENCODERS = {V1: _encode_v1, LEGACY: _encode_legacy}
@@ -99,10 +101,19 @@ class ChannelsProtocol(WebSocketServerProtocol):
 
     # -- IKernelClient ---------------------------------------------------------
     def deliver(self, message) -> None:
+        """Write the message's cached WebSocket frame for this client's format.
+
+        The frame (header and payload) is built once per message and format
+        and written as is: server frames are unmasked, so every client of a
+        format gets the very same bytes.  ``--max-message-size`` limits what
+        clients send, not what kernels produce.
+        """
+        if self.state != WebSocketServerProtocol.STATE_OPEN:
+            return
         frame = message.encoded.get(self.wire_format)
         if frame is None:
             frame = message.encoded[self.wire_format] = self._encode(message)
-        self.sendMessage(frame[0], isBinary=frame[1])
+        self.transport.writeSequence(frame)
 
     def disconnect(self, code: int, reason: str) -> None:
         """Close with 1000: @jupyterlab/services reconnects on any other code."""

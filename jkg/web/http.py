@@ -64,13 +64,9 @@ class CorsPolicy:
 
     def apply(self, request, preflight: bool = False) -> None:
         if self.allow_origin:
-            origin = request.getHeader(b"origin")
-            if self.allow_origin == "*" or not origin:
-                value = self.allow_origin
-            else:  # echo a matching origin from a comma-separated list
-                allowed = [o.strip() for o in self.allow_origin.split(",")]
-                value = origin.decode("latin-1") if origin.decode("latin-1") in allowed else allowed[0]
-            request.setHeader(b"Access-Control-Allow-Origin", value.encode("latin-1"))
+            value = self._allowed_origin(request.getHeader(b"origin"))
+            if value:
+                request.setHeader(b"Access-Control-Allow-Origin", value.encode("latin-1"))
             if value != "*":
                 request.setHeader(b"Vary", b"Origin")
         if self.allow_credentials:
@@ -84,6 +80,14 @@ class CorsPolicy:
                 request.setHeader(b"Access-Control-Allow-Methods", self.allow_methods.encode("latin-1"))
             if self.max_age:
                 request.setHeader(b"Access-Control-Max-Age", self.max_age.encode("latin-1"))
+
+    def _allowed_origin(self, origin: bytes | None) -> str:
+        """``*``, the single configured origin, or the request's origin if it is in the list."""
+        allowed = [o.strip() for o in self.allow_origin.split(",") if o.strip()]
+        if self.allow_origin == "*" or len(allowed) == 1:
+            return self.allow_origin.strip()
+        text = origin.decode("latin-1") if origin else ""
+        return text if text in allowed else ""
 
     def check_origin(self, request) -> None:
         """Refuse a cross-origin request the policy does not allow.

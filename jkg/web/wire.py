@@ -315,3 +315,22 @@ def decode_client_legacy_binary(frame: bytes) -> IncomingMessage:
     ends = (*offsets[1:], size)
     msg = _loads_message(memoryview(frame)[offsets[0]:ends[0]])
     return _from_legacy(msg, [frame[a:b] for a, b in zip(offsets[1:], ends[1:])])
+
+
+_FRAME_SHORT = Struct(">BB")
+_FRAME_MEDIUM = Struct(">BBH")
+_FRAME_LONG = Struct(">BBQ")
+
+
+def server_frame_header(length: int, binary: bool) -> bytes:
+    """The header of one unfragmented, unmasked server-to-client WebSocket frame.
+
+    Server frames are never masked (RFC 6455 5.1), so the complete frame for a
+    message is the same for every client: build it once, write it to many.
+    """
+    first = 0x82 if binary else 0x81
+    if length < 126:
+        return _FRAME_SHORT.pack(first, length)
+    if length < 65536:
+        return _FRAME_MEDIUM.pack(first, 126, length)
+    return _FRAME_LONG.pack(first, 127, length)
