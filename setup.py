@@ -25,6 +25,7 @@ setup(
         "service_identity>=24.1",
         "ipykernel>=6.29",
         "attrs>=23.1",
+        "bcrypt>=4.1",
         "zope.interface>=6",
     ],
     extras_require={

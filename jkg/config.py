@@ -113,6 +113,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("base_url", "/", _base_url, "URL prefix of every route.", ("KG_BASE_URL",)),
     Option("auth_token", "", _text, "Token clients must present (Authorization: token T, Bearer T or ?token=T).",
            ("KG_AUTH_TOKEN",)),
+    Option("tenants", "", _text, "Tenants file (TOML) with per-tenant token hashes, passwords and quotas; "
+           "reloaded on SIGHUP. Manage it with python -m jkg.tenants.", ("JKG_TENANTS",)),
+    Option("allow_unauthenticated", "false", _flag, "Serve without any credentials on a non-loopback listener "
+           "(refused otherwise).", ("JKG_ALLOW_UNAUTHENTICATED",), flag=True),
     Option("allow_origin", "", _text, "Access-Control-Allow-Origin value; * allows any origin.", ("KG_ALLOW_ORIGIN",)),
     Option("allow_headers", "authorization,content-type,x-xsrftoken", _text,
            "Access-Control-Allow-Headers value.", ("KG_ALLOW_HEADERS",)),
@@ -162,6 +166,8 @@ class GatewayConfig:
     listen: tuple[str, ...] = ()
     base_url: str = "/"
     auth_token: str = field(default="", repr=False)
+    tenants: str = ""
+    allow_unauthenticated: bool = False
     allow_origin: str = ""
     allow_headers: str = "authorization,content-type,x-xsrftoken"
     allow_methods: str = "GET,POST,PATCH,DELETE,OPTIONS"
@@ -190,8 +196,53 @@ class GatewayConfig:
         interface = self.ip.replace(":", "\\:")
         return (f"tcp:{self.port}:interface={interface}",)
 
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.auth_token or self.tenants)
+
     def replace(self, **changes: Any) -> "GatewayConfig":
         return dataclasses.replace(self, **changes)
+
+
+_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def is_loopback_endpoint(description: str) -> bool:
+    """Whether a listener endpoint can only be reached from this machine.
+
+    ``tcp``/``tcp6``/``ssl`` count as loopback only with an explicit
+    ``interface=`` in 127.0.0.0/8 or ``::1``; UNIX sockets are local; anything
+    else (``systemd:`` sockets, no interface, other addresses) is not.
+    """
+    import ipaddress
+
+    kind, _, rest = description.partition(":")
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    fields = {}
+    for item in rest.replace("\\:", "\0").split(":"):
+        key, sep, value = item.partition("=")
+        if sep:
+            fields[key] = value.replace("\0", ":")
+    interface = fields.get("interface", "")
+    if interface in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(config: GatewayConfig) -> None:
+    """Refuse to serve anonymously beyond loopback unless explicitly asked to."""
+    if config.has_credentials or config.allow_unauthenticated:
+        return
+    exposed = [e for e in config.endpoints if not is_loopback_endpoint(e)]
+    if exposed:
+        raise ConfigError(f"refusing to serve without credentials on {exposed[0]} (not loopback): set "
+                          "--auth-token or --tenants, or pass --allow-unauthenticated to accept the risk")
 
 
 def build_config(cli: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayConfig:

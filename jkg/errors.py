@@ -63,6 +63,17 @@ class UnknownSession(NotFound):
         super().__init__(f"Session not found: {session_id}")
 
 
+class TooManyRequests(GatewayError):
+    """A client address locked out after too many failed logins."""
+
+    status = 429
+    reason = "Too Many Requests"
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class Conflict(GatewayError):
     status = 409
     reason = "Conflict"

@@ -40,22 +40,26 @@ class IKernelRegistry(Interface):
 
     started = Attribute("When the gateway started (datetime, UTC).")
 
-    def list_kernels():
-        """All kernels as :class:`IKernel`."""
+    def list_kernels(tenant=None):
+        """The kernels ``tenant`` may use (all when ``tenant`` is None), as :class:`IKernel`."""
 
-    def get(kernel_id):
-        """The kernel, or raise :class:`jkg.errors.UnknownKernel`."""
+    def get(kernel_id, tenant=None):
+        """The kernel, or raise :class:`jkg.errors.UnknownKernel` -- also for another tenant's kernel."""
 
-    def start(kernel_name, env):
-        """Deferred firing with the started :class:`IKernel` once it answers kernel_info."""
+    def start(kernel_name, env, tenant=None):
+        """Deferred firing with the started :class:`IKernel` once it answers kernel_info.
 
-    def shutdown(kernel_id):
+        Raises (synchronously) :class:`jkg.errors.ResourceLimit` beyond a quota and
+        :class:`jkg.errors.UnknownKernelSpec` outside the tenant's allow-list.
+        """
+
+    def shutdown(kernel_id, tenant=None):
         """Deferred firing when the kernel is gone; its WebSockets are closed."""
 
-    def interrupt(kernel_id):
+    def interrupt(kernel_id, tenant=None):
         """Deferred firing once the interrupt was sent."""
 
-    def restart(kernel_id):
+    def restart(kernel_id, tenant=None):
         """Deferred firing with the kernel (same id) once it answers again."""
 
     def attach(kernel_id, client):

@@ -96,7 +96,9 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     """Build every part of a gateway; nothing listens until the service starts."""
     # Imported here: txzmq installs the global reactor at import time, so it
     # must not be imported before the caller has chosen the reactor.
+    from .auth.lockout import FailureLimiter
     from .auth.realm import make_portal
+    from .auth.service import TenantsService
     from .kernels.channels import KernelChannels, make_factory
     from .kernels.launcher import KernelLauncher, KernelSpecs
     from .kernels.registry import KernelRegistry
@@ -113,16 +115,27 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
 
     specs = KernelSpecs()
     registry = KernelRegistry(KernelLauncher(specs), connect, config, reactor)
+    ws_factory = make_channels_factory(registry, config)
+
+    def tenants_removed(names):
+        for name in names:
+            ws_factory.connections.close_tenant(name, "tenant removed")
+            registry.evict(name)
+
+    tenants = TenantsService(config.tenants, reactor, tenants_removed) if config.tenants else None
+    portal = make_portal(config.auth_token, tenants.current if tenants else (lambda: None))
     cors = CorsPolicy(config.allow_origin, config.allow_headers, config.allow_methods,
                       config.allow_credentials, config.expose_headers, config.max_age)
-    api = GatewayAPI(config, registry, specs, SessionStore(registry), make_portal(config.auth_token),
-                     make_channels_factory(registry, config), cors)
+    api = GatewayAPI(config, registry, specs, SessionStore(registry), portal, ws_factory, cors,
+                     FailureLimiter(reactor))
     resource = make_root_resource(api.resource(), cors, config.base_url)
     site = GatewaySite(resource)
 
     service = GatewayService()
     _ZmqService(zmq_factory).setServiceParent(service)
     registry.setServiceParent(service)
+    if tenants is not None:
+        tenants.setServiceParent(service)
     return Gateway(config, registry, resource, site, service)
 
 

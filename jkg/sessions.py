@@ -30,7 +30,7 @@ class SessionStore:
         self._sessions: dict[str, dict] = {}
 
     def _model(self, session: dict) -> dict:
-        kernel = self._registry.get(session["kernel_id"])
+        kernel = self._registry.get(session["kernel_id"])  # sessions of a tenant use its kernels
         return {
             "id": session["id"],
             "path": session["path"],
@@ -40,22 +40,30 @@ class SessionStore:
             "notebook": {"path": session["path"], "name": session["name"]},
         }
 
-    def _live(self) -> list[dict]:
+    def _live(self, tenant=None) -> list[dict]:
         live = []
         for session_id, session in list(self._sessions.items()):
             try:
-                live.append(self._model(session))
+                model = self._model(session)
             except UnknownKernel:
                 del self._sessions[session_id]
+                continue
+            if tenant is None or tenant.may_use(session["owner"]):
+                live.append(model)
         return live
 
-    def list(self) -> list[dict]:
-        return self._live()
+    def list(self, tenant=None) -> list[dict]:
+        return self._live(tenant)
 
-    def get(self, session_id: str) -> dict:
+    def _session(self, session_id: str, tenant=None) -> dict:
+        """The session; another tenant's is "not found", exactly like a missing one."""
         session = self._sessions.get(session_id)
-        if session is None:
+        if session is None or (tenant is not None and not tenant.may_use(session["owner"])):
             raise UnknownSession(session_id)
+        return session
+
+    def get(self, session_id: str, tenant=None) -> dict:
+        session = self._session(session_id, tenant)
         try:
             return self._model(session)
         except UnknownKernel:
@@ -83,40 +91,41 @@ class SessionStore:
         return fields
 
     @inlineCallbacks
-    def _kernel_for(self, kernel_spec: dict | None):
+    def _kernel_for(self, kernel_spec: dict | None, tenant):
         """An existing kernel by id, or a new one by name."""
         kernel_spec = kernel_spec or {}
         kernel_id = kernel_spec.get("id")
         if kernel_id is not None:
             if not isinstance(kernel_id, str):
                 raise BadRequest("kernel.id must be a string")
-            return self._registry.get(kernel_id).id
+            return self._registry.get(kernel_id, tenant).id
         name = kernel_spec.get("name")
         if name is not None and not isinstance(name, str):
             raise BadRequest("kernel.name must be a string")
-        kernel = yield self._registry.start(name, kernel_spec.get("env"))
+        kernel = yield self._registry.start(name, kernel_spec.get("env"), tenant)
         return kernel.id
 
     @inlineCallbacks
-    def create(self, body: dict):
+    def create(self, body: dict, tenant=None):
         fields = self._parse(body)
-        for session in self._live():
+        for session in self._live(tenant):
             if session["path"] == fields["path"] and fields["kernel"] is None:
                 return session, False  # jupyter_server returns the existing session
-        kernel_id = yield self._kernel_for(fields["kernel"])
+        kernel_id = yield self._kernel_for(fields["kernel"], tenant)
         session_id = str(uuid.uuid4())
         self._sessions[session_id] = {"id": session_id, "path": fields["path"], "name": fields["name"],
-                                      "type": fields["type"], "kernel_id": kernel_id}
+                                      "type": fields["type"], "kernel_id": kernel_id,
+                                      "owner": tenant.name if tenant is not None else None}
         return self._model(self._sessions[session_id]), True
 
     @inlineCallbacks
-    def update(self, session_id: str, body: dict):
-        self.get(session_id)
+    def update(self, session_id: str, body: dict, tenant=None):
+        self.get(session_id, tenant)
         fields = self._parse(body, partial=True)
         session = self._sessions[session_id]
         if fields.get("kernel") is not None:
             old_kernel = session["kernel_id"]
-            session["kernel_id"] = yield self._kernel_for(fields["kernel"])
+            session["kernel_id"] = yield self._kernel_for(fields["kernel"], tenant)
             still_used = any(s["kernel_id"] == old_kernel for s in self._sessions.values())
             if old_kernel != session["kernel_id"] and not still_used:
                 try:
@@ -129,10 +138,8 @@ class SessionStore:
         return self._model(session)
 
     @inlineCallbacks
-    def delete(self, session_id: str):
-        session = self._sessions.get(session_id)
-        if session is None:
-            raise UnknownSession(session_id)
+    def delete(self, session_id: str, tenant=None):
+        session = self._session(session_id, tenant)
         del self._sessions[session_id]
         if not any(s["kernel_id"] == session["kernel_id"] for s in self._sessions.values()):
             try:

@@ -12,7 +12,7 @@ import sys
 
 from twisted.python import usage
 
-from .config import OPTIONS, ConfigError, build_config
+from .config import OPTIONS, ConfigError, build_config, check_exposure
 
 
 class Options(usage.Options):
@@ -21,8 +21,10 @@ class Options(usage.Options):
     optParameters = [
         [option.cli, None, None, f"{option.help} [env: {', '.join(option.env) or '-'}; "
                                  f"default: {option.default or 'none'}]"]
-        for option in OPTIONS if not option.repeatable
+        for option in OPTIONS if not option.repeatable and not option.flag
     ]
+    optFlags = [[option.cli, None, f"{option.help} [env: {', '.join(option.env)}]"]
+                for option in OPTIONS if option.flag]
 
     def __init__(self):
         super().__init__()
@@ -75,15 +77,21 @@ def install_asyncio_reactor():
 
 def makeService(options):  # noqa: N802 - twistd API
     cli = {option.name: options.get(option.cli) for option in OPTIONS}
+    for option in OPTIONS:
+        if option.flag:
+            cli[option.name] = "true" if options.get(option.cli) else None
     try:
         config = build_config(cli, os.environ)
+        check_exposure(config)
     except ConfigError as error:
         _fail(str(error))
     reactor = install_asyncio_reactor()
     from .service import ListenError, make_gateway_service
 
     _one_line_errors()
+    from .auth.tenants import TenantsFileError
+
     try:
         return make_gateway_service(config, reactor)
-    except ListenError as error:
+    except (ListenError, TenantsFileError) as error:
         _fail(str(error))

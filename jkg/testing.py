@@ -8,14 +8,18 @@ stands in for a WebSocket.
 """
 from __future__ import annotations
 
+import json
 import uuid
 
-from twisted.internet.defer import fail, succeed
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
+from .auth.credentials import ITokenCredentials
 from .errors import ResourceLimit, UnknownKernel, UnknownKernelSpec
 from .interfaces import IKernel, IKernelClient, IKernelRegistry
-from .kernels.messages import isoformat, utcnow
+from .kernels.messages import KernelMessage, isoformat, utcnow
 
 
 @implementer(IKernelClient)
@@ -89,6 +93,7 @@ class FakeKernel:
         self.execution_state = "idle"
         self.clients: dict = {}
         self.sent: list = []
+        self.owner = None
 
     def model(self) -> dict:
         return {"id": self.id, "name": self.name, "last_activity": isoformat(utcnow()),
@@ -107,39 +112,44 @@ class FakeRegistry:
         self.interrupted: list[str] = []
         self.restarted: list[str] = []
 
-    def list_kernels(self):
-        return list(self.kernels.values())
+    def list_kernels(self, tenant=None):
+        return [k for k in self.kernels.values() if tenant is None or tenant.may_use(k.owner)]
 
-    def get(self, kernel_id):
-        try:
-            return self.kernels[kernel_id]
-        except KeyError:
-            raise UnknownKernel(kernel_id) from None
+    def get(self, kernel_id, tenant=None):
+        kernel = self.kernels.get(kernel_id)
+        if kernel is None or (tenant is not None and not tenant.may_use(kernel.owner)):
+            raise UnknownKernel(kernel_id)
+        return kernel
 
-    def start(self, kernel_name, env):
+    def start(self, kernel_name, env, tenant=None):
         name = kernel_name or "python3"
-        if name not in self.specs:
+        if name not in self.specs or (tenant is not None and not tenant.may_start(name)):
             return fail(UnknownKernelSpec(name))
         if self.max_kernels is not None and len(self.kernels) >= self.max_kernels:
             return fail(ResourceLimit(f"Maximum number of kernels ({self.max_kernels}) reached"))
+        owner = tenant.name if tenant is not None else None
+        if tenant is not None and tenant.max_kernels is not None:
+            if sum(1 for k in self.kernels.values() if k.owner == owner) >= tenant.max_kernels:
+                return fail(ResourceLimit(f"tenant {owner} reached its limit of {tenant.max_kernels} kernels"))
         kernel = FakeKernel(name)
+        kernel.owner = owner
         self.kernels[kernel.id] = kernel
         return succeed(kernel)
 
-    def shutdown(self, kernel_id):
-        kernel = self.get(kernel_id)
+    def shutdown(self, kernel_id, tenant=None):
+        kernel = self.get(kernel_id, tenant)
         del self.kernels[kernel_id]
         for client in list(kernel.clients.values()):
             client.disconnect(1001, "kernel shut down")
         return succeed(None)
 
-    def interrupt(self, kernel_id):
-        self.get(kernel_id)
+    def interrupt(self, kernel_id, tenant=None):
+        self.get(kernel_id, tenant)
         self.interrupted.append(kernel_id)
         return succeed(None)
 
-    def restart(self, kernel_id):
-        kernel = self.get(kernel_id)
+    def restart(self, kernel_id, tenant=None):
+        kernel = self.get(kernel_id, tenant)
         self.restarted.append(kernel_id)
         return succeed(kernel)
 
@@ -182,3 +192,65 @@ class FakeKernelSpecs:
         if name not in self.names or path != "logo-64x64.png":
             return fail(UnknownKernelSpec(name))
         return succeed(b"\x89PNG fake")
+
+
+@implementer(ICredentialsChecker)
+class InMemoryTokenChecker:
+    """A checker for tests: tokens map straight to avatar ids (tenant names)."""
+
+    credentialInterfaces = (ITokenCredentials,)
+
+    def __init__(self, tokens: dict[str, str]):
+        self.tokens = dict(tokens)
+
+    def requestAvatarId(self, credentials):  # noqa: N802 - twisted.cred API
+        name = self.tokens.get(credentials.token)
+        return succeed(name) if name is not None else fail(UnauthorizedLogin("unknown token"))
+
+
+class AnsweringChannels(FakeChannels):
+    """Channels whose kernel answers ``kernel_info_request`` at once (and publishes on iopub)."""
+
+    def send(self, channel, parts) -> None:
+        super().send(channel, parts)
+        header = json.loads(parts[0])
+        if header["msg_type"] == "kernel_info_request" and self.on_message is not None:
+            reply_header = json.dumps({"msg_id": uuid.uuid4().hex, "msg_type": "kernel_info_reply"}).encode()
+            parent = json.dumps({"msg_id": header["msg_id"]}).encode()
+            status = json.dumps({"msg_id": uuid.uuid4().hex, "msg_type": "status"}).encode()
+            self.on_message(KernelMessage("iopub", b"", [status, parent, b"{}", b'{"execution_state":"idle"}'],
+                                          "s", "status", header["msg_id"]))
+            self.on_message(KernelMessage("shell", b"", [reply_header, parent, b"{}", b"{}"], "r",
+                                          "kernel_info_reply", header["msg_id"]))
+
+
+class FakeSpecs:
+    default_name = "python3"
+
+    def __init__(self, names=("python3",)):
+        self.names = set(names)
+
+    def get(self, name):
+        return succeed({"display_name": name}) if name in self.names else fail(UnknownKernelSpec(name))
+
+
+class FakeLauncher:
+    """Launches that complete only when the test says so (``finish_all``)."""
+
+    def __init__(self, specs=None):
+        self.specs = specs or FakeSpecs()
+        self.pending: list[tuple[Deferred, FakeLaunchedKernel]] = []
+        self.launched: list[FakeLaunchedKernel] = []
+
+    def launch(self, kernel_id, kernel_name, env):
+        launched = FakeLaunchedKernel()
+        launched.env = env
+        d = Deferred()
+        self.pending.append((d, launched))
+        self.launched.append(launched)
+        return d
+
+    def finish_all(self):
+        pending, self.pending = self.pending, []
+        for d, launched in pending:
+            d.callback(launched)

@@ -6,6 +6,9 @@ from treq.testing import StubTreq
 from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
+from twisted.internet.task import Clock
+
+from jkg.auth.lockout import FailureLimiter
 from jkg.auth.realm import make_portal
 from jkg.config import GatewayConfig
 from jkg.interfaces import IKernelRegistry
@@ -22,7 +25,7 @@ def make_client(token="", **config_values):
     registry = FakeRegistry(max_kernels=config.max_kernels)
     cors = CorsPolicy(config.allow_origin, config.allow_headers, config.allow_methods)
     api = GatewayAPI(config, registry, FakeKernelSpecs(), SessionStore(registry), make_portal(token),
-                     make_channels_factory(registry, config), cors)
+                     make_channels_factory(registry, config), cors, FailureLimiter(Clock()))
     return StubTreq(make_root_resource(api.resource(), cors, config.base_url)), registry
 
 

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from twisted.cred.checkers import ANONYMOUS
+from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from zope.interface import Interface, implementer
 
-from .checkers import OpenChecker, SharedTokenChecker
+from .checkers import DEFAULT_TENANT, GatewayChecker, OpenChecker
+from .tenants import TenantTable
 
 
 class ITenant(Interface):
@@ -17,22 +20,65 @@ class ITenant(Interface):
 @implementer(ITenant)
 @dataclass(frozen=True)
 class Tenant:
+    """A caller and its limits.
+
+    ``named`` is true for tenants from the tenants file: their kernels get
+    ``KERNEL_USERNAME`` set to the tenant name, and admins see owners.  The
+    shared-token ``default`` tenant and the anonymous one (single-user,
+    jupyter-kernel-gateway style) are admins that see every kernel.
+    """
+
     name: str
     admin: bool = False
     max_kernels: int | None = None
+    max_connections: int | None = None
+    kernelspecs: tuple[str, ...] | None = None
+    named: bool = False
+
+    def may_use(self, owner: str | None) -> bool:
+        return self.admin or owner == self.name
+
+    def may_start(self, kernel_name: str) -> bool:
+        return self.kernelspecs is None or kernel_name in self.kernelspecs
+
+    def default_kernel(self, gateway_default: str) -> str:
+        """The gateway's default, or this tenant's first allowed kernelspec if that is not allowed."""
+        if self.may_start(gateway_default) or not self.kernelspecs:
+            return gateway_default
+        return self.kernelspecs[0]
+
+
+ANONYMOUS_TENANT = Tenant("anonymous", admin=True)
+DEFAULT = Tenant(DEFAULT_TENANT, admin=True)
 
 
 @implementer(IRealm)
 class GatewayRealm:
-    """One shared-token tenant (``default``) or anonymous; both see every kernel."""
+    def __init__(self, tenants: Callable[[], TenantTable | None]):
+        self._tenants = tenants
 
     def requestAvatar(self, avatar_id, mind, *interfaces):  # noqa: N802 - twisted.cred API
         if ITenant not in interfaces:
             raise NotImplementedError("only ITenant avatars")
-        name = "anonymous" if avatar_id is ANONYMOUS else avatar_id
-        return ITenant, Tenant(name=name, admin=True), lambda: None
+        return ITenant, self.tenant(avatar_id), lambda: None
+
+    def tenant(self, avatar_id) -> Tenant:
+        if avatar_id is ANONYMOUS:
+            return ANONYMOUS_TENANT
+        if avatar_id == DEFAULT_TENANT:
+            return DEFAULT
+        table = self._tenants()
+        record = table.get(avatar_id) if table is not None else None
+        if record is None:  # removed by a reload between check and login
+            raise UnauthorizedLogin("no such tenant")
+        return Tenant(record.name, record.admin, record.max_kernels, record.max_connections,
+                      record.kernelspecs, named=True)
 
 
-def make_portal(auth_token: str) -> Portal:
-    checker = SharedTokenChecker(auth_token) if auth_token else OpenChecker()
-    return Portal(GatewayRealm(), [checker])
+def make_portal(auth_token: str, tenants: Callable[[], TenantTable | None] = lambda: None,
+                open_access: bool | None = None) -> Portal:
+    """The gateway's portal: open when no credential of any kind is configured."""
+    if open_access is None:
+        open_access = not auth_token and tenants() is None
+    checker = OpenChecker() if open_access else GatewayChecker(auth_token, tenants)
+    return Portal(GatewayRealm(tenants), [checker])

@@ -39,6 +39,7 @@ class ManagedKernel:
                  replay_limit: int):
         self.id = kernel_id
         self.name = name
+        self.owner: str | None = None  # the tenant that started it
         self.launched = launched
         self.execution_state = "starting"
         self.created = self.last_activity = utcnow()

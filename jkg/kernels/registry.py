@@ -17,7 +17,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..errors import Conflict, KernelDead, KernelLaunchError, ResourceLimit, UnknownKernel
+from ..errors import Conflict, KernelDead, KernelLaunchError, ResourceLimit, UnknownKernel, UnknownKernelSpec
 from ..interfaces import IKernelRegistry
 from .env import kernel_env, launch_timeout, validate_client_env
 from .kernel import ManagedKernel
@@ -47,6 +47,7 @@ class KernelRegistry(Service):
         self._clock = clock
         self._environ = os.environ if environ is None else environ
         self._starting = 0
+        self._starting_for: dict[str | None, int] = {}
         self._inflight: set[Deferred] = set()
         self._locks: dict[str, DeferredLock] = {}
         self._stopping = False
@@ -54,14 +55,22 @@ class KernelRegistry(Service):
         self._watcher.clock = clock
 
     # -- queries -------------------------------------------------------------
-    def list_kernels(self) -> list[ManagedKernel]:
-        return list(self.kernels.values())
+    def list_kernels(self, tenant=None) -> list[ManagedKernel]:
+        """Every kernel, or only those ``tenant`` may use."""
+        kernels = list(self.kernels.values())
+        if tenant is None:
+            return kernels
+        return [kernel for kernel in kernels if tenant.may_use(kernel.owner)]
 
-    def get(self, kernel_id: str) -> ManagedKernel:
+    def get(self, kernel_id: str, tenant=None) -> ManagedKernel:
+        """The kernel; another tenant's kernel is "not found", exactly like a missing one."""
         kernel = self.kernels.get(kernel_id)
-        if kernel is None:
+        if kernel is None or (tenant is not None and not tenant.may_use(kernel.owner)):
             raise UnknownKernel(kernel_id)
         return kernel
+
+    def owned_by(self, tenant_name: str) -> list[ManagedKernel]:
+        return [kernel for kernel in self.kernels.values() if kernel.owner == tenant_name]
 
     def last_activity(self):
         return max((k.last_activity for k in self.kernels.values()), default=self.started)
@@ -70,34 +79,53 @@ class KernelRegistry(Service):
         return sum(len(k.clients) for k in self.kernels.values())
 
     # -- starting ------------------------------------------------------------
-    def start(self, kernel_name: str | None, env) -> Deferred:
-        """Admit, launch and confirm a kernel; fire with the ready kernel."""
-        client_env = validate_client_env(env)
-        name = self.config.force_kernel_name or kernel_name or self.config.default_kernel_name \
-            or self.launcher.specs.default_name
+    def start(self, kernel_name: str | None, env, tenant=None) -> Deferred:
+        """Admit, launch and confirm a kernel; fire with the ready kernel.
+
+        Admission is synchronous -- limits count the starts still in flight
+        and are checked and taken before the first yield -- so concurrent
+        requests can never overshoot a quota.
+        """
+        client_env = dict(validate_client_env(env))
+        default = self.config.default_kernel_name or self.launcher.specs.default_name
+        if tenant is not None:
+            default = tenant.default_kernel(default)
+        name = self.config.force_kernel_name or kernel_name or default
+        if tenant is not None and not tenant.may_start(name):
+            raise UnknownKernelSpec(name)
         limit = self.config.max_kernels
         if limit is not None and len(self.kernels) + self._starting >= limit:
             raise ResourceLimit(f"Maximum number of kernels ({limit}) reached")
+        owner = tenant.name if tenant is not None else None
+        if tenant is not None and tenant.max_kernels is not None:
+            used = len(self.owned_by(owner)) + self._starting_for.get(owner, 0)
+            if used >= tenant.max_kernels:
+                raise ResourceLimit(f"tenant {owner} reached its limit of {tenant.max_kernels} kernels")
+        if tenant is not None and tenant.named:
+            client_env["KERNEL_USERNAME"] = tenant.name  # whatever the client claims
         full_env = kernel_env(client_env, self._environ, self.config.env_process_whitelist,
                               self.config.env_whitelist)
         timeout = launch_timeout(client_env, self.config.kernel_launch_timeout)
         self._starting += 1
-        d = self._start(name, full_env, timeout)
+        self._starting_for[owner] = self._starting_for.get(owner, 0) + 1
+        d = self._start(name, full_env, timeout, owner)
         self._inflight.add(d)
 
         def done(result):
             self._starting -= 1
+            self._starting_for[owner] -= 1
             self._inflight.discard(d)
             return result
 
         return d.addBoth(done)
 
     @inlineCallbacks
-    def _start(self, name: str, env: dict, timeout: float):
+    def _start(self, name: str, env: dict, timeout: float, owner: str | None):
         kernel_id = str(uuid.uuid4())
         yield self.launcher.specs.get(name)  # UnknownKernelSpec -> 404 before any process exists
         launched = yield self.launcher.launch(kernel_id, name, env)
         kernel = ManagedKernel(kernel_id, name, launched, self._connect, self._clock, self.config.replay_buffer_limit)
+        kernel.owner = owner
         try:
             if self._stopping:
                 raise KernelLaunchError("the gateway is shutting down")
@@ -113,13 +141,13 @@ class KernelRegistry(Service):
         return kernel
 
     # -- operations on one kernel ----------------------------------------------
-    def interrupt(self, kernel_id: str) -> Deferred:
-        kernel = self.get(kernel_id)
+    def interrupt(self, kernel_id: str, tenant=None) -> Deferred:
+        kernel = self.get(kernel_id, tenant)
         if kernel.execution_state == "dead":
             raise KernelDead(f"kernel {kernel_id} is dead")
         return kernel.launched.interrupt()
 
-    def restart(self, kernel_id: str) -> Deferred:
+    def restart(self, kernel_id: str, tenant=None) -> Deferred:
         """A restart the client asked for: clients see ``starting``, not ``restarting``.
 
         jupyter_server sends ``restarting`` only when a kernel died and is
@@ -127,7 +155,7 @@ class KernelRegistry(Service):
         (it drops its futures and reconnects), so a requested restart must
         not send it.
         """
-        kernel = self.get(kernel_id)
+        kernel = self.get(kernel_id, tenant)
         lock = self._locks[kernel_id]
         if lock.locked:
             raise Conflict(f"kernel {kernel_id} is already restarting or shutting down")
@@ -154,8 +182,8 @@ class KernelRegistry(Service):
         kernel.execution_state = "idle"
         return kernel
 
-    def shutdown(self, kernel_id: str) -> Deferred:
-        kernel = self.get(kernel_id)
+    def shutdown(self, kernel_id: str, tenant=None) -> Deferred:
+        kernel = self.get(kernel_id, tenant)
         del self.kernels[kernel_id]
         lock = self._locks.pop(kernel_id)
         return lock.run(self._shutdown, kernel)
@@ -167,6 +195,11 @@ class KernelRegistry(Service):
         kernel.channels.close()
         yield kernel.launched.shutdown(now=False)
         log.info("shut down kernel {id}", id=kernel.id)
+
+    def evict(self, tenant_name: str) -> Deferred:
+        """Shut down every kernel of a tenant that no longer exists."""
+        return DeferredList([self.shutdown(kernel.id) for kernel in self.owned_by(tenant_name)],
+                            consumeErrors=True)
 
     # -- clients -------------------------------------------------------------
     def attach(self, kernel_id: str, client) -> None:

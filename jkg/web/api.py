@@ -20,12 +20,13 @@ from werkzeug.exceptions import HTTPException
 from .. import __version__
 from ..auth.credentials import credentials_from_request
 from ..auth.realm import ITenant
-from ..errors import BadRequest, GatewayError, Unauthorized
+from ..errors import BadRequest, GatewayError, ResourceLimit, TooManyRequests, Unauthorized, UnknownKernelSpec
 from ..kernels.messages import isoformat
 from .channels import ChannelsUpgrade, negotiate_subprotocol
 from .http import query_arg, read_json_body, write_error, write_json
 
 log = Logger()
+audit = Logger(namespace="jkg.audit")
 
 _MAX_SESSION_ID = 256
 
@@ -53,7 +54,7 @@ class GatewayAPI:
 
     app = Klein()
 
-    def __init__(self, config, registry, specs, sessions, portal, ws_factory, cors):
+    def __init__(self, config, registry, specs, sessions, portal, ws_factory, cors, limiter):
         self.config = config
         self.registry = registry
         self.specs = specs
@@ -61,20 +62,34 @@ class GatewayAPI:
         self.portal = portal
         self.ws_factory = ws_factory
         self.cors = cors
+        self.limiter = limiter
 
     def resource(self):
         return self.app.resource()
 
     # -- cross-cutting ---------------------------------------------------------
     async def _login(self, request):
+        """Authenticate through the portal; the routes only ever see the tenant."""
         self.cors.check_origin(request)
+        address = _peer(request)
+        retry_after = self.limiter.retry_after(address)
+        if retry_after:
+            raise TooManyRequests("too many failed logins from this address; try again later", retry_after)
         credentials = credentials_from_request(request.getHeader(b"authorization"), query_arg(request, b"token"))
         try:
             _, tenant, _ = await self.portal.login(credentials, None, ITenant)
         except (UnauthorizedLogin, UnhandledCredentials):
-            log.info("login failed from {peer}", peer=_peer(request))
+            self.limiter.failed(address)
+            audit.info("login failed: address={address} path={path}", address=address,
+                       path=request.path.decode("utf-8", "replace"))
             raise Unauthorized("invalid or missing credentials") from None
         return tenant
+
+    def _model(self, kernel, tenant) -> dict:
+        model = kernel.model()
+        if tenant.admin and tenant.named:
+            model["owner"] = kernel.owner
+        return model
 
     @app.handle_errors(GatewayError)
     def gateway_error(self, request, failure):
@@ -98,40 +113,46 @@ class GatewayAPI:
 
     @app.route("/api/status", methods=["GET"], strict_slashes=False)
     async def status(self, request):
-        await self._login(request)
+        tenant = await self._login(request)
         return write_json(request, {
             "started": isoformat(self.registry.started),
             "last_activity": isoformat(self.registry.last_activity()),
             "connections": self.registry.connection_count(),
-            "kernels": len(self.registry.list_kernels()),
+            "kernels": len(self.registry.list_kernels(tenant)),
         })
 
     # -- kernelspecs ---------------------------------------------------------------
     @app.route("/api/kernelspecs", methods=["GET"], strict_slashes=False)
     async def list_kernelspecs(self, request):
-        await self._login(request)
+        tenant = await self._login(request)
         user = query_arg(request, b"user")
         if user and b"/" in user:
             # jupyter_server appends "/NAME" after "?user=U" when fetching one spec
-            return await self._one_kernelspec(request, user.rsplit(b"/", 1)[1].decode("utf-8", "replace"))
+            name = user.rsplit(b"/", 1)[1].decode("utf-8", "replace")
+            return await self._one_kernelspec(request, name, tenant)
         found = await self.specs.describe_all()
         specs = {name: kernelspec_model(name, spec, files, self.config.base_url)
-                 for name, (spec, files) in found.items()}
-        default = self.config.force_kernel_name or self.config.default_kernel_name or self.specs.default_name
+                 for name, (spec, files) in found.items() if tenant.may_start(name)}
+        default = self.config.force_kernel_name or tenant.default_kernel(
+            self.config.default_kernel_name or self.specs.default_name)
         return write_json(request, {"default": default, "kernelspecs": specs})
 
     @app.route("/api/kernelspecs/<string:name>", methods=["GET"], strict_slashes=False)
     async def get_kernelspec(self, request, name):
-        await self._login(request)
-        return await self._one_kernelspec(request, name)
+        tenant = await self._login(request)
+        return await self._one_kernelspec(request, name, tenant)
 
-    async def _one_kernelspec(self, request, name: str):
+    async def _one_kernelspec(self, request, name: str, tenant):
+        if not tenant.may_start(name):
+            raise UnknownKernelSpec(name)
         spec, files = await self.specs.describe(name)
         return write_json(request, kernelspec_model(name, spec, files, self.config.base_url))
 
     @app.route("/kernelspecs/<string:name>/<path:path>", methods=["GET", "HEAD"])
     async def kernelspec_resource(self, request, name, path):
-        await self._login(request)
+        tenant = await self._login(request)
+        if not tenant.may_start(name):
+            raise UnknownKernelSpec(name)
         data = await self.specs.resource(name, path)
         content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
         request.setHeader(b"Content-Type", content_type.encode("ascii"))
@@ -142,9 +163,9 @@ class GatewayAPI:
     # -- kernels -------------------------------------------------------------------
     @app.route("/api/kernels", methods=["GET"], strict_slashes=False)
     async def list_kernels(self, request):
-        await self._login(request)
+        tenant = await self._login(request)
         self._check_listing()
-        return write_json(request, [kernel.model() for kernel in self.registry.list_kernels()])
+        return write_json(request, [self._model(kernel, tenant) for kernel in self.registry.list_kernels(tenant)])
 
     def _check_listing(self):
         if not self.config.list_kernels:
@@ -152,44 +173,53 @@ class GatewayAPI:
 
     @app.route("/api/kernels", methods=["POST"], strict_slashes=False)
     async def start_kernel(self, request):
-        await self._login(request)
+        tenant = await self._login(request)
         body = read_json_body(request)
         name = body.get("name")
         if name is not None and not isinstance(name, str):
             raise BadRequest("name must be a string")
-        kernel = await self.registry.start(name or None, body.get("env"))
+        try:
+            kernel = await self.registry.start(name or None, body.get("env"), tenant)
+        except ResourceLimit as refusal:
+            audit.info("quota refused: tenant={tenant} address={address} reason={reason}", tenant=tenant.name,
+                       address=_peer(request), reason=refusal.message)
+            raise
+        audit.info("kernel started: tenant={tenant} address={address} kernel={kernel} name={name}",
+                   tenant=tenant.name, address=_peer(request), kernel=kernel.id, name=kernel.name)
         request.setHeader(b"Location", f"{self.config.base_url}api/kernels/{kernel.id}".encode("utf-8"))
-        return write_json(request, kernel.model(), 201)
+        return write_json(request, self._model(kernel, tenant), 201)
 
     @app.route("/api/kernels/<string:kernel_id>", methods=["GET"], strict_slashes=False)
     async def get_kernel(self, request, kernel_id):
-        await self._login(request)
-        return write_json(request, self.registry.get(kernel_id).model())
+        tenant = await self._login(request)
+        return write_json(request, self._model(self.registry.get(kernel_id, tenant), tenant))
 
     @app.route("/api/kernels/<string:kernel_id>", methods=["DELETE"], strict_slashes=False)
     async def delete_kernel(self, request, kernel_id):
-        await self._login(request)
-        await self.registry.shutdown(kernel_id)
+        tenant = await self._login(request)
+        await self.registry.shutdown(kernel_id, tenant)
+        audit.info("kernel shut down: tenant={tenant} address={address} kernel={kernel}", tenant=tenant.name,
+                   address=_peer(request), kernel=kernel_id)
         request.setResponseCode(204)
         return b""
 
     @app.route("/api/kernels/<string:kernel_id>/interrupt", methods=["POST"], strict_slashes=False)
     async def interrupt_kernel(self, request, kernel_id):
-        await self._login(request)
-        await self.registry.interrupt(kernel_id)
+        tenant = await self._login(request)
+        await self.registry.interrupt(kernel_id, tenant)
         request.setResponseCode(204)
         return b""
 
     @app.route("/api/kernels/<string:kernel_id>/restart", methods=["POST"], strict_slashes=False)
     async def restart_kernel(self, request, kernel_id):
-        await self._login(request)
-        kernel = await self.registry.restart(kernel_id)
-        return write_json(request, kernel.model())
+        tenant = await self._login(request)
+        kernel = await self.registry.restart(kernel_id, tenant)
+        return write_json(request, self._model(kernel, tenant))
 
     @app.route("/api/kernels/<string:kernel_id>/channels", methods=["GET"])
     async def channels(self, request, kernel_id):
-        await self._login(request)
-        self.registry.get(kernel_id)
+        tenant = await self._login(request)
+        self.registry.get(kernel_id, tenant)
         if (request.getHeader(b"upgrade") or b"").lower() != b"websocket":
             raise BadRequest("this endpoint only accepts WebSocket upgrades")
         negotiate_subprotocol(request.getHeader(b"sec-websocket-protocol"))
@@ -198,37 +228,43 @@ class GatewayAPI:
             session_id = uuid.uuid4().hex
         if len(session_id) > _MAX_SESSION_ID or not session_id.isprintable():
             raise BadRequest("invalid session_id")
-        return ChannelsUpgrade(self.ws_factory, kernel_id, session_id)
+        try:
+            release = self.ws_factory.connections.reserve(tenant.name, tenant.max_connections)
+        except ResourceLimit as refusal:
+            audit.info("quota refused: tenant={tenant} address={address} reason={reason}", tenant=tenant.name,
+                       address=_peer(request), reason=refusal.message)
+            raise
+        return ChannelsUpgrade(self.ws_factory, kernel_id, session_id, tenant.name, release)
 
     # -- sessions -----------------------------------------------------------------
     @app.route("/api/sessions", methods=["GET"], strict_slashes=False)
     async def list_sessions(self, request):
-        await self._login(request)
+        tenant = await self._login(request)
         self._check_listing()
-        return write_json(request, self.sessions.list())
+        return write_json(request, self.sessions.list(tenant))
 
     @app.route("/api/sessions", methods=["POST"], strict_slashes=False)
     async def create_session(self, request):
-        await self._login(request)
-        model, created = await self.sessions.create(read_json_body(request))
+        tenant = await self._login(request)
+        model, created = await self.sessions.create(read_json_body(request), tenant)
         request.setHeader(b"Location", f"{self.config.base_url}api/sessions/{model['id']}".encode("utf-8"))
         return write_json(request, model, 201)
 
     @app.route("/api/sessions/<string:session_id>", methods=["GET"], strict_slashes=False)
     async def get_session(self, request, session_id):
-        await self._login(request)
-        return write_json(request, self.sessions.get(session_id))
+        tenant = await self._login(request)
+        return write_json(request, self.sessions.get(session_id, tenant))
 
     @app.route("/api/sessions/<string:session_id>", methods=["PATCH"], strict_slashes=False)
     async def update_session(self, request, session_id):
-        await self._login(request)
-        model = await self.sessions.update(session_id, read_json_body(request))
+        tenant = await self._login(request)
+        model = await self.sessions.update(session_id, read_json_body(request), tenant)
         return write_json(request, model)
 
     @app.route("/api/sessions/<string:session_id>", methods=["DELETE"], strict_slashes=False)
     async def delete_session(self, request, session_id):
-        await self._login(request)
-        await self.sessions.delete(session_id)
+        tenant = await self._login(request)
+        await self.sessions.delete(session_id, tenant)
         request.setResponseCode(204)
         return b""
 

@@ -14,7 +14,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..errors import BadRequest, GatewayError
+from ..errors import BadRequest, GatewayError, ResourceLimit
 from ..interfaces import IKernelClient
 from . import wire
 
@@ -59,13 +59,49 @@ _DECODERS = {
 }
 
 
+class ConnectionCounter:
+    """Open WebSockets per tenant, so ``max_connections`` is checked before the upgrade.
+
+    A place is reserved when the upgrade is accepted and released when that
+    connection is lost, whatever happened in between, so the count cannot
+    drift and concurrent upgrades cannot overshoot the limit.
+    """
+
+    def __init__(self):
+        self.open: dict[str, int] = {}
+        self.protocols: dict[str, set] = {}
+
+    def reserve(self, tenant: str, limit: int | None):
+        if limit is not None and self.open.get(tenant, 0) >= limit:
+            raise ResourceLimit(f"tenant {tenant} reached its limit of {limit} connections")
+        self.open[tenant] = self.open.get(tenant, 0) + 1
+        released = []
+
+        def release() -> None:
+            if not released:
+                released.append(True)
+                self.open[tenant] -= 1
+                if not self.open[tenant]:
+                    del self.open[tenant]
+
+        return release
+
+    def close_tenant(self, tenant: str, reason: str) -> None:
+        """Close every connection of a tenant (removed from the tenants file)."""
+        for protocol in list(self.protocols.get(tenant, ())):
+            protocol.disconnect(1000, reason)
+            protocol.dropConnection(abort=False)
+
+
 @implementer(IKernelClient)
 class ChannelsProtocol(WebSocketServerProtocol):
     """One client's WebSocket to one kernel."""
 
     kernel_id = ""
     session_id = ""
+    tenant = ""
     wire_format = LEGACY
+    release = staticmethod(lambda: None)
 
     def onConnect(self, request):  # noqa: N802 - autobahn API
         self.wire_format = V1 if wire.V1_PROTOCOL in request.protocols else LEGACY
@@ -73,6 +109,7 @@ class ChannelsProtocol(WebSocketServerProtocol):
         return wire.V1_PROTOCOL if self.wire_format == V1 else None
 
     def onOpen(self):  # noqa: N802 - autobahn API
+        self.factory.connections.protocols.setdefault(self.tenant, set()).add(self)
         try:
             self.factory.registry.attach(self.kernel_id, self)
         except GatewayError as error:  # deleted between the route's lookup and now
@@ -98,6 +135,11 @@ class ChannelsProtocol(WebSocketServerProtocol):
         if getattr(self, "attached", False):
             self.attached = False
             self.factory.registry.detach(self.kernel_id, self)
+
+    def connectionLost(self, reason):  # noqa: N802 - Twisted API
+        self.factory.connections.protocols.get(self.tenant, set()).discard(self)
+        self.release()
+        super().connectionLost(reason)
 
     # -- IKernelClient ---------------------------------------------------------
     def deliver(self, message) -> None:
@@ -127,6 +169,7 @@ def make_channels_factory(registry, config) -> WebSocketServerFactory:
     factory = WebSocketServerFactory()
     factory.protocol = ChannelsProtocol
     factory.registry = registry
+    factory.connections = ConnectionCounter()
     options = {
         "maxMessagePayloadSize": config.max_message_size,
         "maxFramePayloadSize": config.max_message_size,
@@ -144,20 +187,27 @@ def make_channels_factory(registry, config) -> WebSocketServerFactory:
 class _ContextFactory:
     """Builds the factory's protocol and attaches one request's context to it."""
 
-    def __init__(self, factory, kernel_id: str, session_id: str):
+    def __init__(self, factory, context: dict):
         self._factory = factory
-        self._kernel_id = kernel_id
-        self._session_id = session_id
+        self._context = context
 
     def buildProtocol(self, addr):  # noqa: N802 - Twisted API
         protocol = self._factory.buildProtocol(addr)
-        protocol.kernel_id = self._kernel_id
-        protocol.session_id = self._session_id
+        if protocol is None:
+            self._context["release"]()
+            return None
+        for name, value in self._context.items():
+            setattr(protocol, name, value)
         return protocol
 
 
 class ChannelsUpgrade(WebSocketResource):
-    """Upgrade this request to a channels WebSocket for one kernel and session."""
+    """Upgrade this request to a channels WebSocket for one kernel, session and tenant.
 
-    def __init__(self, factory, kernel_id: str, session_id: str):
-        super().__init__(_ContextFactory(factory, kernel_id, session_id))
+    :param release: gives back the connection place reserved for the tenant;
+        called when the connection is lost.
+    """
+
+    def __init__(self, factory, kernel_id: str, session_id: str, tenant: str = "", release=lambda: None):
+        super().__init__(_ContextFactory(factory, {"kernel_id": kernel_id, "session_id": session_id,
+                                                   "tenant": tenant, "release": release}))

@@ -24,6 +24,8 @@ def write_json(request, body: Any, status: int = 200) -> bytes:
 
 
 def write_error(request, error: GatewayError) -> bytes:
+    for name, value in getattr(error, "headers", {}).items():
+        request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
     return write_json(request, {"reason": error.reason, "message": error.message}, error.status)
 
 

@@ -1,0 +1,185 @@
+"""Isolation, quotas and credentials as fast unit tests: fake launcher, fake checkers, a fake clock."""
+import pytest
+from twisted.cred.portal import Portal
+from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
+
+from jkg.auth.checkers import GatewayChecker
+from jkg.auth.credentials import TokenCredentials, credentials_from_request
+from jkg.auth.lockout import FailureLimiter
+from jkg.auth.realm import ITenant, Tenant, make_portal
+from jkg.auth.tenants import (
+    TenantRecord, TenantsFileError, TenantTable, hash_token, parse_tenants, render_tenants)
+from jkg.config import GatewayConfig, check_exposure, ConfigError, is_loopback_endpoint
+from jkg.errors import ResourceLimit, UnknownKernel, UnknownKernelSpec
+from jkg.interfaces import IKernelRegistry
+from jkg.kernels.registry import KernelRegistry
+from jkg.testing import AnsweringChannels, FakeLauncher, FakeSpecs, InMemoryTokenChecker
+
+ALICE = Tenant("alice", max_kernels=3, named=True)
+BOB = Tenant("bob", named=True)
+ADMIN = Tenant("root", admin=True, named=True)
+
+
+def make_registry(max_kernels=None, specs=("python3",)):
+    launcher = FakeLauncher(FakeSpecs(specs))
+    registry = KernelRegistry(launcher, AnsweringChannels, GatewayConfig(max_kernels=max_kernels), Clock(),
+                              environ={"PATH": "/bin"})
+    return registry, launcher
+
+
+def started(registry, launcher, tenant, n=1, name=None):
+    results = [registry.start(name, {}, tenant) for _ in range(n)]
+    launcher.finish_all()
+    return [r.result for r in results]
+
+
+def test_registry_provides_the_interface():
+    assert verifyObject(IKernelRegistry, make_registry()[0])
+
+
+def test_twenty_concurrent_starts_against_a_limit_of_three():
+    registry, launcher = make_registry()
+    admitted, refused = [], []
+    for _ in range(20):
+        try:
+            admitted.append(registry.start(None, {}, ALICE))
+        except ResourceLimit as error:
+            refused.append(error)
+    assert len(admitted) == 3 and len(refused) == 17  # in-flight starts count
+    assert refused[0].message == "tenant alice reached its limit of 3 kernels"
+    launcher.finish_all()
+    assert len(registry.owned_by("alice")) == 3
+    assert len(launcher.launched) == 3
+
+
+def test_global_limit_counts_every_tenant():
+    registry, launcher = make_registry(max_kernels=2)
+    registry.start(None, {}, ALICE)
+    registry.start(None, {}, BOB)
+    with pytest.raises(ResourceLimit):
+        registry.start(None, {}, BOB)
+
+
+def test_other_tenants_kernels_do_not_exist():
+    registry, launcher = make_registry()
+    (kernel,) = started(registry, launcher, ALICE)
+    assert registry.get(kernel.id, ALICE) is kernel
+    assert registry.get(kernel.id, ADMIN) is kernel
+    for call in (registry.get, registry.shutdown, registry.interrupt, registry.restart):
+        with pytest.raises(UnknownKernel) as error:
+            call(kernel.id, BOB)
+        assert error.value.message == f"Kernel does not exist: {kernel.id}"
+    assert registry.list_kernels(BOB) == [] and registry.list_kernels(ALICE) == [kernel]
+    assert registry.list_kernels(ADMIN) == [kernel]
+
+
+def test_kernel_username_is_forced_for_named_tenants():
+    registry, launcher = make_registry()
+    started(registry, launcher, ALICE)
+    assert launcher.launched[0].env["KERNEL_USERNAME"] == "alice"
+    started(registry, launcher, Tenant("default", admin=True), name=None)
+    assert "KERNEL_USERNAME" not in launcher.launched[1].env
+
+
+def test_kernelspec_allow_list():
+    registry, launcher = make_registry(specs=("python3", "r"))
+    restricted = Tenant("erin", kernelspecs=("r",), named=True)
+    with pytest.raises(UnknownKernelSpec):
+        registry.start("python3", {}, restricted)
+    (kernel,) = started(registry, launcher, restricted)
+    assert kernel.name == "r"
+
+
+def test_evicting_a_tenant_shuts_down_only_its_kernels():
+    registry, launcher = make_registry()
+    mine = started(registry, launcher, ALICE, 2)
+    (theirs,) = started(registry, launcher, BOB)
+    registry.evict("alice")
+    assert registry.owned_by("alice") == [] and registry.list_kernels() == [theirs]
+    assert all(k.launched.shutdowns == 1 for k in mine)
+
+
+def test_lockout_is_per_address_and_expires():
+    clock = Clock()
+    limiter = FailureLimiter(clock, limit=10, window=60)
+    for _ in range(10):
+        limiter.failed("10.0.0.1")
+    assert limiter.retry_after("10.0.0.1") == 0  # ten failures are still allowed
+    limiter.failed("10.0.0.1")
+    wait = limiter.retry_after("10.0.0.1")
+    assert 0 < wait <= 61
+    assert limiter.retry_after("10.0.0.2") == 0
+    clock.advance(61)
+    assert limiter.retry_after("10.0.0.1") == 0
+
+
+def test_portal_with_fake_checker_yields_tenants():
+    table = TenantTable({"alice": TenantRecord("alice", max_kernels=2)})
+    from jkg.auth.realm import GatewayRealm
+
+    portal = Portal(GatewayRealm(lambda: table), [InMemoryTokenChecker({"t-alice": "alice"})])
+    results = []
+    portal.login(TokenCredentials("t-alice"), None, ITenant).addCallback(results.append)
+    assert results[0][1] == Tenant("alice", max_kernels=2, named=True)
+    failures = []
+    portal.login(TokenCredentials("nope"), None, ITenant).addErrback(failures.append)
+    assert failures
+
+
+def test_gateway_checker_tokens():
+    table = parse_tenants(f'[tenants.alice]\ntokens = ["{hash_token("secret-a")}"]\n')
+    checker = GatewayChecker("shared", lambda: table)
+    outcome = []
+    for token in ("secret-a", "shared", "secret-b"):
+        checker.requestAvatarId(TokenCredentials(token)).addCallbacks(outcome.append, lambda f: outcome.append(None))
+    assert outcome == ["alice", "default", None]
+
+
+def test_open_portal_only_without_credentials():
+    open_portal = make_portal("", lambda: None)
+    results = []
+    open_portal.login(credentials_from_request(b"token ", None), None, ITenant).addCallback(results.append)
+    assert results[0][1].name == "anonymous"
+    closed = make_portal("tok")
+    failures = []
+    closed.login(credentials_from_request(None, None), None, ITenant).addErrback(failures.append)
+    assert failures
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("[tenants.alice]\ntokens = ['plain-token']\n", "sha256"),
+    ("[tenants.default]\n", "invalid tenant name"),
+    ("[tenants.alice]\nmax_kernels = -1\n", "max_kernels"),
+    ("[tenants.alice]\nadmin = 'yes'\n", "admin"),
+    ("[tenants.alice]\nshell = 'rm -rf'\n", "unknown keys"),
+    ("[tenants.alice\n", "TOML"),
+    (f"[tenants.a]\ntokens = ['{hash_token('x')}']\n[tenants.b]\ntokens = ['{hash_token('x')}']\n", "share"),
+])
+def test_tenants_file_validation(text, fragment):
+    with pytest.raises(TenantsFileError, match=fragment):
+        parse_tenants(text)
+
+
+def test_tenants_file_round_trip():
+    table = TenantTable({"alice": TenantRecord("alice", (hash_token("t"),), None, 2, 5, ("python3",), False),
+                         "root": TenantRecord("root", (hash_token("u"),), admin=True)})
+    assert parse_tenants(render_tenants(table)) == table
+
+
+@pytest.mark.parametrize("endpoint,loopback", [
+    ("tcp:8888:interface=127.0.0.1", True), ("tcp:8888:interface=127.1.2.3", True),
+    ("tcp6:8888:interface=\\:\\:1", True), ("unix:/run/jkg.sock", True), ("tcp:8888", False),
+    ("tcp:8888:interface=0.0.0.0", False), ("systemd:domain=INET:index=0", False),
+    ("ssl:8443:privateKey=k.pem:interface=127.0.0.1", True),
+])
+def test_loopback_endpoints(endpoint, loopback):
+    assert is_loopback_endpoint(endpoint) is loopback
+
+
+def test_exposure_check():
+    check_exposure(GatewayConfig())
+    with pytest.raises(ConfigError, match="--allow-unauthenticated"):
+        check_exposure(GatewayConfig(ip="0.0.0.0"))
+    check_exposure(GatewayConfig(ip="0.0.0.0", allow_unauthenticated=True))
+    check_exposure(GatewayConfig(ip="0.0.0.0", auth_token="t"))
