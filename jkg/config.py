@@ -142,6 +142,19 @@ OPTIONS: tuple[Option, ...] = (
            ("JKG_KERNEL_LAUNCH_TIMEOUT", "KERNEL_LAUNCH_TIMEOUT")),
     Option("restart_limit", "5", _non_negative_int, "Automatic restarts of a crashed kernel in a row before "
            "it is declared dead.", ("JKG_RESTART_LIMIT",)),
+    Option("prespawn_count", "0", _non_negative_int, "Kernels of the default kernelspec kept started in a "
+           "warm pool and handed out by POST /api/kernels.", ("KG_PRESPAWN_COUNT",)),
+    Option("pool", "", _text, "Warm pool size for one kernelspec, NAME=COUNT (repeatable; env: comma-separated).",
+           ("JKG_POOL",), repeatable=True),
+    Option("seed_uri", "", _text, "Notebook (path or file:// URL) whose code cells every new kernel runs before "
+           "it is handed out.", ("KG_SEED_URI",)),
+    Option("cull_idle_timeout", "0", _non_negative_float, "Shut down kernels inactive for this many seconds "
+           "(0 disables culling).", ("JKG_CULL_IDLE_TIMEOUT", "KG_CULL_IDLE_TIMEOUT")),
+    Option("cull_interval", "300", _positive_float, "Seconds between culling checks.",
+           ("JKG_CULL_INTERVAL", "KG_CULL_INTERVAL")),
+    Option("cull_connected", "false", _flag, "Also cull idle kernels that have open WebSockets.",
+           ("JKG_CULL_CONNECTED", "KG_CULL_CONNECTED"), flag=True),
+    Option("cull_busy", "false", _flag, "Also cull kernels that are busy.", ("JKG_CULL_BUSY", "KG_CULL_BUSY"), flag=True),
     Option("kernel_poll_interval", "1.0", _positive_float, "Seconds between checks that kernel processes "
            "are alive.", ("JKG_KERNEL_POLL_INTERVAL",)),
     Option("ws_ping_interval", "30", _non_negative_float, "Seconds between WebSocket pings (0 disables).",
@@ -182,6 +195,13 @@ class GatewayConfig:
     env_whitelist: tuple[str, ...] = ()
     kernel_launch_timeout: float = 60.0
     restart_limit: int = 5
+    prespawn_count: int = 0
+    pool: tuple[str, ...] = ()
+    seed_uri: str = ""
+    cull_idle_timeout: float = 0.0
+    cull_interval: float = 300.0
+    cull_connected: bool = False
+    cull_busy: bool = False
     kernel_poll_interval: float = 1.0
     ws_ping_interval: float = 30.0
     ws_ping_timeout: float = 90.0
@@ -264,6 +284,8 @@ def build_config(cli: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
                     raw, source = environ[env_name], env_name
                     break
         if option.repeatable:
+            if isinstance(raw, str) and source != f"--{option.cli}" and option.name != "listen":
+                raw = [item.strip() for item in raw.split(",")]  # NAME=1,OTHER=2 from the environment
             items: Sequence[str] = [raw] if isinstance(raw, str) else list(raw or [])
             items = [item for item in items if item]
             values[option.name] = tuple(_parse(option, item, source) for item in items)

@@ -102,6 +102,7 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     from .kernels.channels import KernelChannels, make_factory
     from .kernels.launcher import KernelLauncher, KernelSpecs
     from .kernels.registry import KernelRegistry
+    from .kernels.seed import read_seed
     from .sessions import SessionStore
     from .web.api import GatewayAPI
     from .web.channels import make_channels_factory
@@ -114,7 +115,8 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
         return KernelChannels(zmq_factory, connection_info, on_message)
 
     specs = KernelSpecs()
-    registry = KernelRegistry(KernelLauncher(specs), connect, config, reactor)
+    seed_cells = read_seed(config.seed_uri) if config.seed_uri else ()
+    registry = KernelRegistry(KernelLauncher(specs), connect, config, reactor, seed_cells=seed_cells)
     ws_factory = make_channels_factory(registry, config)
 
     def tenants_removed(names):

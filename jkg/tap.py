@@ -29,10 +29,15 @@ class Options(usage.Options):
     def __init__(self):
         super().__init__()
         self["listen"] = []
+        self["pool"] = []
 
     def opt_listen(self, endpoint):
         """Twisted endpoint string to listen on (repeatable), e.g. tcp:8888:interface=127.0.0.1"""
         self["listen"].append(endpoint)
+
+    def opt_pool(self, entry):
+        """Warm pool size for one kernelspec, NAME=COUNT (repeatable) [env: JKG_POOL, comma-separated]"""
+        self["pool"].append(entry)
 
     def opt_version(self):
         from . import __version__
@@ -90,8 +95,9 @@ def makeService(options):  # noqa: N802 - twistd API
 
     _one_line_errors()
     from .auth.tenants import TenantsFileError
+    from .kernels.seed import SeedError
 
     try:
         return make_gateway_service(config, reactor)
-    except (ListenError, TenantsFileError) as error:
+    except (ListenError, TenantsFileError, SeedError, ValueError) as error:
         _fail(str(error))

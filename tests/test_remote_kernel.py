@@ -143,9 +143,9 @@ def netns():
 
 
 # -- kernelspecs and the gateway -------------------------------------------------
-def _spec(config: dict) -> dict:
+def _spec(config: dict, provisioner: str = PROVISIONER) -> dict:
     return {"argv": KERNEL_ARGV, "display_name": "Python (netns)", "language": "python",
-            "metadata": {"kernel_provisioner": {"provisioner_name": PROVISIONER, "config": config}}}
+            "metadata": {"kernel_provisioner": {"provisioner_name": provisioner, "config": config}}}
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +165,9 @@ def jupyter_dirs(netns, tmp_path_factory):
         folder = root / "data" / "kernels" / name
         folder.mkdir(parents=True)
         (folder / "kernel.json").write_text(json.dumps(_spec(config)))
+    folder = root / "data" / "kernels" / "netns-unregistered"
+    folder.mkdir()
+    (folder / "kernel.json").write_text(json.dumps(_spec(specs["netns-python"], "jkg-no-such-provisioner")))
     (root / "runtime").mkdir()
     return {"data": root / "data", "runtime": root / "runtime", "fixed_ports": fixed_ports}
 
@@ -245,6 +248,12 @@ def test_sane_config_values_are_accepted():
 def test_kernelspec_is_offered(gateway):
     specs = gateway.request("GET", "/api/kernelspecs").json()["kernelspecs"]
     assert specs["netns-python"]["spec"]["metadata"]["kernel_provisioner"]["provisioner_name"] == PROVISIONER
+
+
+def test_kernelspec_of_an_unregistered_provisioner_is_hidden(gateway, netns):
+    assert "netns-unregistered" not in gateway.request("GET", "/api/kernelspecs").json()["kernelspecs"]
+    assert gateway.request("POST", "/api/kernels", json={"name": "netns-unregistered"}).status_code == 404
+    assert not netns.pids()
 
 
 def test_execute(gateway, kernel):

@@ -40,6 +40,7 @@ class ManagedKernel:
         self.id = kernel_id
         self.name = name
         self.owner: str | None = None  # the tenant that started it
+        self.language = ""  # from the kernelspec; a pooled Python kernel can take env after start
         self.launched = launched
         self.execution_state = "starting"
         self.created = self.last_activity = utcnow()
@@ -231,3 +232,34 @@ class ManagedKernel:
         self.channels.on_connected = check
         tick()
         return ready
+
+    # -- the gateway's own requests --------------------------------------------
+    def request(self, msg_type: str, content: dict, timeout: float, channel: str = "shell") -> Deferred:
+        """Send a request of the gateway's own; fire with the reply's content (a dict).
+
+        Its reply and its iopub traffic stay private: clients never see them.
+        """
+        parts = make_message_parts(msg_type, content, f"jkg-{self.id}")
+        msg_id = loads(parts[0])["msg_id"]
+        answered: Deferred = Deferred()
+
+        def on_reply(message: KernelMessage) -> None:
+            if call.active():
+                call.cancel()
+            answered.callback(loads(message.parts[3]))
+
+        def expire() -> None:
+            self._internal.pop(msg_id, None)
+            answered.errback(KernelLaunchError(f"kernel {self.name} did not answer {msg_type} within {timeout:g} s"))
+
+        self._internal[msg_id] = on_reply
+        self._quiet.add(msg_id)
+        call = self._clock.callLater(timeout, expire)
+        self.channels.send(channel, parts)
+        return answered
+
+    def execute_quietly(self, code: str, timeout: float) -> Deferred:
+        """Run code without history or output to clients; fire with the execute_reply content."""
+        return self.request("execute_request", {
+            "code": code, "silent": False, "store_history": False, "user_expressions": {},
+            "allow_stdin": False, "stop_on_error": True}, timeout)

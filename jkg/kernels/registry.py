@@ -21,7 +21,10 @@ from ..errors import Conflict, KernelDead, KernelLaunchError, ResourceLimit, Unk
 from ..interfaces import IKernelRegistry
 from .env import kernel_env, launch_timeout, validate_client_env
 from .kernel import ManagedKernel
+from .lifecycle import CullPolicy, env_injection, parse_pool_sizes, python_env_update_code
 from .messages import utcnow
+from .pool import WarmPool
+from .seed import run_seed
 
 log = Logger()
 
@@ -38,8 +41,9 @@ class KernelRegistry(Service):
 
     name = "kernels"
 
-    def __init__(self, launcher, connect: Callable, config, clock, environ=None):
+    def __init__(self, launcher, connect: Callable, config, clock, environ=None, seed_cells=()):
         self.launcher = launcher
+        self.seed_cells = list(seed_cells)
         self.config = config
         self.kernels: dict[str, ManagedKernel] = {}
         self.started = utcnow()
@@ -53,6 +57,13 @@ class KernelRegistry(Service):
         self._stopping = False
         self._watcher = LoopingCall(self._watch)
         self._watcher.clock = clock
+        self.cull_policy = CullPolicy(config.cull_idle_timeout, config.cull_connected, config.cull_busy)
+        self._culler = LoopingCall(self._cull)
+        self._culler.clock = clock
+        sizes = parse_pool_sizes(config.pool, config.prespawn_count,
+                                 config.force_kernel_name or config.default_kernel_name or launcher.specs.default_name)
+        self.base_env = kernel_env({}, self._environ, config.env_process_whitelist, config.env_whitelist)
+        self.pool = WarmPool(sizes, self._launch_pooled, clock) if sizes else None
 
     # -- queries -------------------------------------------------------------
     def list_kernels(self, tenant=None) -> list[ManagedKernel]:
@@ -121,23 +132,64 @@ class KernelRegistry(Service):
 
     @inlineCallbacks
     def _start(self, name: str, env: dict, timeout: float, owner: str | None):
+        kernel = yield self._from_pool(name, env, timeout)
+        if kernel is None:
+            kernel = yield self._launch_ready(name, env, timeout)
+        kernel.owner = owner
+        if self._stopping:
+            kernel.channels.close()
+            yield kernel.launched.shutdown(now=True)
+            raise KernelLaunchError("the gateway is shutting down")
+        self.kernels[kernel.id] = kernel
+        self._locks[kernel.id] = DeferredLock()
+        log.info("started kernel {id} ({name})", id=kernel.id, name=name)
+        return kernel
+
+    @inlineCallbacks
+    def _from_pool(self, name: str, env: dict, timeout: float):
+        """A pooled kernel made to look started with ``env``, or None for a fresh start."""
+        if self.pool is None or name not in self.pool.sizes:
+            return None
+        missing = env_injection(self.base_env, env)
+        kernel = self.pool.take(name)
+        if kernel is None:
+            return None
+        if missing is None or (missing and kernel.language != "python"):
+            self.pool.ready[name].appendleft(kernel)  # cannot honour this env: keep it for the next request
+            return None
+        if missing:
+            try:
+                reply = yield kernel.execute_quietly(python_env_update_code(missing), timeout)
+            except KernelLaunchError:
+                reply = {"status": "error"}
+            if reply.get("status") != "ok":
+                kernel.channels.close()
+                kernel.launched.shutdown(now=True)
+                return None
+        return kernel
+
+    def _launch_pooled(self, name: str) -> Deferred:
+        return self._launch_ready(name, dict(self.base_env), self.config.kernel_launch_timeout)
+
+    @inlineCallbacks
+    def _launch_ready(self, name: str, env: dict, timeout: float):
+        """Launch, confirm readiness and run the seed notebook; leave nothing running on failure."""
         kernel_id = str(uuid.uuid4())
-        yield self.launcher.specs.get(name)  # UnknownKernelSpec -> 404 before any process exists
+        spec = yield self.launcher.specs.get(name)  # UnknownKernelSpec -> 404 before any process exists
         launched = yield self.launcher.launch(kernel_id, name, env)
         kernel = ManagedKernel(kernel_id, name, launched, self._connect, self._clock, self.config.replay_buffer_limit)
-        kernel.owner = owner
+        kernel.language = (spec or {}).get("language", "")
         try:
             if self._stopping:
                 raise KernelLaunchError("the gateway is shutting down")
             yield kernel.wait_ready(timeout)
+            if self.seed_cells:
+                yield run_seed(kernel, self.seed_cells, timeout)
         except Exception:
             kernel.channels.close()
             yield launched.shutdown(now=True)
             raise
-        kernel.execution_state = "idle" if kernel.execution_state == "starting" else kernel.execution_state
-        self.kernels[kernel_id] = kernel
-        self._locks[kernel_id] = DeferredLock()
-        log.info("started kernel {id} ({name})", id=kernel_id, name=name)
+        kernel.execution_state = "idle" if kernel.execution_state in ("starting", "busy") else kernel.execution_state
         return kernel
 
     # -- operations on one kernel ----------------------------------------------
@@ -213,11 +265,31 @@ class KernelRegistry(Service):
     def send(self, kernel_id: str, client, message) -> None:
         self.get(kernel_id).send(client, message)
 
+    # -- culling ---------------------------------------------------------------
+    def _cull(self) -> Deferred:
+        now = utcnow()
+        doomed = [kernel for kernel in self.kernels.values()
+                  if self.cull_policy.should_cull(kernel.last_activity, now, len(kernel.clients),
+                                                  kernel.execution_state)
+                  and not self._locks[kernel.id].locked]
+        for kernel in doomed:
+            log.info("culling kernel {id}: inactive since {since}", id=kernel.id, since=kernel.last_activity)
+        return DeferredList([self.shutdown(kernel.id) for kernel in doomed], consumeErrors=True)
+
     # -- crash recovery -------------------------------------------------------
     def _watch(self) -> Deferred:
         checks = [self._check(kernel) for kernel in list(self.kernels.values())
                   if kernel.execution_state != "dead" and not self._locks[kernel.id].locked]
+        if self.pool is not None:
+            checks += [self._check_pooled(kernel) for kernel in self.pool.pooled()]
         return DeferredList(checks, consumeErrors=True)
+
+    @inlineCallbacks
+    def _check_pooled(self, kernel):
+        alive = yield kernel.launched.is_alive()
+        if not alive:
+            log.warn("pooled kernel {id} died; replacing it", id=kernel.id)
+            self.pool.discard_dead(lambda k: k is kernel)
 
     @inlineCallbacks
     def _check(self, kernel: ManagedKernel):
@@ -243,13 +315,20 @@ class KernelRegistry(Service):
     def startService(self) -> None:  # noqa: N802 - Twisted API
         super().startService()
         self._watcher.start(self.config.kernel_poll_interval, now=False)
+        if self.cull_policy.enabled:
+            self._culler.start(self.config.cull_interval, now=False)
+        if self.pool is not None:
+            self._clock.callLater(0, self.pool.refill)  # after the asyncio loop runs
 
     @inlineCallbacks
     def stopService(self):  # noqa: N802 - Twisted API
         """Shut every kernel down and fire only when all processes are gone."""
         self._stopping = True
-        if self._watcher.running:
-            self._watcher.stop()
+        for loop in (self._watcher, self._culler):
+            if loop.running:
+                loop.stop()
+        if self.pool is not None:
+            yield self.pool.stop()
         yield DeferredList(list(self._inflight), consumeErrors=True)
         kernel_ids = list(self.kernels)
         if kernel_ids:
