@@ -155,6 +155,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("cull_connected", "false", _flag, "Also cull idle kernels that have open WebSockets.",
            ("JKG_CULL_CONNECTED", "KG_CULL_CONNECTED"), flag=True),
     Option("cull_busy", "false", _flag, "Also cull kernels that are busy.", ("JKG_CULL_BUSY", "KG_CULL_BUSY"), flag=True),
+    Option("state_db", "", _text, "SQLite file keeping kernel records (mode 0600: it holds signing keys); "
+           "empty means jkg-state.sqlite in the Jupyter runtime directory, none disables it.", ("JKG_STATE_DB",)),
+    Option("keep_kernels_on_exit", "false", _flag, "On SIGTERM leave kernels running; the next jkg with the "
+           "same state database reattaches to them.", ("JKG_KEEP_KERNELS_ON_EXIT",), flag=True),
     Option("kernel_poll_interval", "1.0", _positive_float, "Seconds between checks that kernel processes "
            "are alive.", ("JKG_KERNEL_POLL_INTERVAL",)),
     Option("ws_ping_interval", "30", _non_negative_float, "Seconds between WebSocket pings (0 disables).",
@@ -202,6 +206,8 @@ class GatewayConfig:
     cull_interval: float = 300.0
     cull_connected: bool = False
     cull_busy: bool = False
+    state_db: str = ""
+    keep_kernels_on_exit: bool = False
     kernel_poll_interval: float = 1.0
     ws_ping_interval: float = 30.0
     ws_ping_timeout: float = 90.0

@@ -103,6 +103,7 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     from .kernels.launcher import KernelLauncher, KernelSpecs
     from .kernels.registry import KernelRegistry
     from .kernels.seed import read_seed
+    from .kernels.store import open_store
     from .sessions import SessionStore
     from .web.api import GatewayAPI
     from .web.channels import make_channels_factory
@@ -116,7 +117,8 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
 
     specs = KernelSpecs()
     seed_cells = read_seed(config.seed_uri) if config.seed_uri else ()
-    registry = KernelRegistry(KernelLauncher(specs), connect, config, reactor, seed_cells=seed_cells)
+    store = open_store(config.state_db, reactor)
+    registry = KernelRegistry(KernelLauncher(specs, independent=config.keep_kernels_on_exit), connect, config, reactor, seed_cells=seed_cells, store=store)
     ws_factory = make_channels_factory(registry, config)
 
     def tenants_removed(names):

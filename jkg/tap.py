@@ -96,8 +96,9 @@ def makeService(options):  # noqa: N802 - twistd API
     _one_line_errors()
     from .auth.tenants import TenantsFileError
     from .kernels.seed import SeedError
+    from .kernels.store import StateDatabaseInUse
 
     try:
         return make_gateway_service(config, reactor)
-    except (ListenError, TenantsFileError, SeedError, ValueError) as error:
+    except (ListenError, TenantsFileError, SeedError, StateDatabaseInUse, ValueError, OSError) as error:
         _fail(str(error))

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -72,6 +73,9 @@ class GatewayProcess:
         self.args = list(args)
         self.token = token
         self.env = dict(os.environ)
+        # each gateway gets its own runtime directory, hence its own state database
+        self.runtime_dir = tempfile.mkdtemp(prefix="jkg-runtime-")
+        self.env["JUPYTER_RUNTIME_DIR"] = self.runtime_dir
         self.env.update(env or {})
         self.process: subprocess.Popen | None = None
         self.port = 0

@@ -105,3 +105,16 @@ def test_plain_command_serves_loopback_8888():
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_sigkilled_gateway_leaves_no_orphan_kernels():
+    gateway = GatewayProcess().start()
+    gateway.start_kernel()
+    pids = children_of(gateway.process.pid)
+    gateway.stop(signal.SIGKILL)
+    import time
+
+    deadline = time.monotonic() + 15  # ipykernel notices its parent is gone within about a second
+    while [pid for pid in pids if pid_alive(pid)]:
+        assert time.monotonic() < deadline, "kernels outlived a SIGKILLed gateway"
+        time.sleep(0.1)

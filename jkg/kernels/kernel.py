@@ -41,6 +41,7 @@ class ManagedKernel:
         self.name = name
         self.owner: str | None = None  # the tenant that started it
         self.language = ""  # from the kernelspec; a pooled Python kernel can take env after start
+        self.env: dict[str, str] = {}  # what it was started with, for a restart after reattaching
         self.launched = launched
         self.execution_state = "starting"
         self.created = self.last_activity = utcnow()
@@ -168,7 +169,7 @@ class ManagedKernel:
         self._iopub_seen = False
         self.channels = self._connect(self.launched.connection_info, self._on_message)
 
-    def wait_ready(self, timeout: float) -> Deferred:
+    def wait_ready(self, timeout: float, channel: str = "shell") -> Deferred:
         """Fire once the kernel answers ``kernel_info`` and iopub is flowing.
 
         A SUB socket misses what was published before it connected, and the
@@ -222,7 +223,7 @@ class ManagedKernel:
             if len(self._quiet) > 1000:
                 self._quiet.clear()
             self._quiet.add(msg_id)
-            self.channels.send("shell", parts)
+            self.channels.send(channel, parts)
             state["ticks"] += 1
             if state["ticks"] % 2 == 0:
                 self.launched.is_alive().addCallbacks(check_alive, lambda failure: None)

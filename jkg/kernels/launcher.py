@@ -122,6 +122,16 @@ class LaunchedKernel:
     def is_alive(self) -> Deferred:
         return as_deferred(self._manager.is_alive())
 
+    def record_info(self) -> Deferred:
+        """Fire with ``(pid, provisioner_info)``: what a later gateway needs to reattach."""
+
+        async def info():
+            provisioner = self._manager.provisioner
+            details = await provisioner.get_provisioner_info() if provisioner is not None else {}
+            return self.pid, details
+
+        return as_deferred(info())
+
     def interrupt(self) -> Deferred:
         return as_deferred(self._manager.interrupt_kernel())
 
@@ -143,9 +153,15 @@ class LaunchedKernel:
 class KernelLauncher:
     """Makes :class:`LaunchedKernel` objects; the registry's only way to spawn."""
 
-    def __init__(self, specs: KernelSpecs, shutdown_wait_time: float = 3.0):
+    def __init__(self, specs: KernelSpecs, shutdown_wait_time: float = 3.0, independent: bool = False):
+        """
+        :param independent: kernels outlive the gateway process (``--keep-kernels-on-exit``);
+            otherwise ipykernel watches its parent and exits with it, so even a
+            SIGKILLed gateway leaves no orphan kernel behind.
+        """
         self.specs = specs
         self.shutdown_wait_time = shutdown_wait_time
+        self.independent = independent
 
     def launch(self, kernel_id: str, kernel_name: str, env: dict[str, str]) -> Deferred:
         """Fire with a :class:`LaunchedKernel` once the process is started.
@@ -159,9 +175,19 @@ class KernelLauncher:
         manager.shutdown_wait_time = self.shutdown_wait_time
         return as_deferred(self._launch(manager, kernel_id, env))
 
+    def relaunch(self, kernel_id: str, kernel_name: str, env: dict[str, str], connection_info: dict) -> Deferred:
+        """Start a kernel again under the same id and signing key (a reattached kernel's restart)."""
+        manager = AsyncKernelManager(kernel_name=kernel_name, kernel_spec_manager=self.specs.manager)
+        manager.shutdown_wait_time = self.shutdown_wait_time
+        info = dict(connection_info)
+        if isinstance(info.get("key"), str):
+            info["key"] = info["key"].encode("ascii")
+        manager.load_connection_info(info)
+        return as_deferred(self._launch(manager, kernel_id, env))
+
     async def _launch(self, manager: AsyncKernelManager, kernel_id: str, env: dict) -> LaunchedKernel:
         try:
-            await manager.start_kernel(kernel_id=kernel_id, env=env, cwd=os.getcwd())
+            await manager.start_kernel(kernel_id=kernel_id, env=env, cwd=os.getcwd(), independent=self.independent)
         except NoSuchKernel:
             raise UnknownKernelSpec(manager.kernel_name) from None
         except Exception as error:  # noqa: BLE001 - report why, never a traceback

@@ -22,9 +22,11 @@ from ..interfaces import IKernelRegistry
 from .env import kernel_env, launch_timeout, validate_client_env
 from .kernel import ManagedKernel
 from .lifecycle import CullPolicy, env_injection, parse_pool_sizes, python_env_update_code
-from .messages import utcnow
+from .messages import isoformat, utcnow
+from .external import ExternalKernel, pid_alive
 from .pool import WarmPool
 from .seed import run_seed
+from .store import KernelRecord, process_start_time
 
 log = Logger()
 
@@ -41,9 +43,10 @@ class KernelRegistry(Service):
 
     name = "kernels"
 
-    def __init__(self, launcher, connect: Callable, config, clock, environ=None, seed_cells=()):
+    def __init__(self, launcher, connect: Callable, config, clock, environ=None, seed_cells=(), store=None):
         self.launcher = launcher
         self.seed_cells = list(seed_cells)
+        self.store = store
         self.config = config
         self.kernels: dict[str, ManagedKernel] = {}
         self.started = utcnow()
@@ -136,6 +139,7 @@ class KernelRegistry(Service):
         if kernel is None:
             kernel = yield self._launch_ready(name, env, timeout)
         kernel.owner = owner
+        kernel.env = env
         if self._stopping:
             kernel.channels.close()
             yield kernel.launched.shutdown(now=True)
@@ -143,7 +147,77 @@ class KernelRegistry(Service):
         self.kernels[kernel.id] = kernel
         self._locks[kernel.id] = DeferredLock()
         log.info("started kernel {id} ({name})", id=kernel.id, name=name)
+        self._persist(kernel)
         return kernel
+
+    # -- persistence -----------------------------------------------------------
+    @inlineCallbacks
+    def _persist(self, kernel: ManagedKernel):
+        """Record the kernel so that a later gateway can reattach to it (never fails the caller)."""
+        if self.store is None:
+            return
+        try:
+            launched = kernel.launched
+            if hasattr(launched, "record_info"):
+                pid, provisioner_info = yield launched.record_info()
+            else:
+                pid, provisioner_info = launched.pid, {}
+            yield self.store.save(KernelRecord(
+                id=kernel.id, name=kernel.name, owner=kernel.owner, connection_info=launched.connection_info,
+                pid=pid, start_time=process_start_time(pid) if pid else None, provisioner_info=provisioner_info,
+                env=kernel.env, language=kernel.language, created=isoformat(kernel.created),
+                last_activity=isoformat(kernel.last_activity)))
+        except Exception:  # noqa: BLE001
+            log.failure("could not record kernel {id}", id=kernel.id)
+
+    @inlineCallbacks
+    def _forget(self, kernel_id: str):
+        if self.store is not None:
+            try:
+                yield self.store.delete(kernel_id)
+            except Exception:  # noqa: BLE001
+                log.failure("could not delete the record of kernel {id}", id=kernel_id)
+
+    @inlineCallbacks
+    def reattach_all(self):
+        """Adopt every recorded kernel whose process still runs; forget the others."""
+        records = yield self.store.load_all()
+        for record in records:
+            try:
+                yield self._reattach(record)
+            except Exception:  # noqa: BLE001
+                log.failure("could not reattach kernel {id}", id=record.id)
+                yield self._forget(record.id)
+
+    @inlineCallbacks
+    def _reattach(self, record: KernelRecord):
+        if record.id in self.kernels:
+            return
+        if record.pid is None or not pid_alive(record.pid, record.start_time):
+            log.info("forgetting kernel {id}: its process is gone", id=record.id)
+            yield self._forget(record.id)
+            return
+        try:
+            spec = yield self.launcher.specs.get(record.name)
+        except UnknownKernelSpec:
+            spec = {}
+        launched = ExternalKernel(
+            record.connection_info, self._clock, record.pid, record.start_time,
+            interrupt_mode=spec.get("interrupt_mode", "signal"), owned=True,
+            relaunch=lambda: self.launcher.relaunch(record.id, record.name, record.env, record.connection_info))
+        kernel = ManagedKernel(record.id, record.name, launched, self._connect, self._clock,
+                               self.config.replay_buffer_limit)
+        launched.bind(kernel)
+        kernel.owner, kernel.language, kernel.env = record.owner, record.language, record.env
+        try:
+            yield kernel.wait_ready(10, channel="control")
+            kernel.execution_state = "idle"
+        except KernelLaunchError:
+            log.warn("reattached kernel {id} does not answer yet; listing it as busy", id=record.id)
+            kernel.execution_state = "busy"
+        self.kernels[kernel.id] = kernel
+        self._locks[kernel.id] = DeferredLock()
+        log.info("reattached kernel {id} ({name}, pid {pid})", id=kernel.id, name=kernel.name, pid=record.pid)
 
     @inlineCallbacks
     def _from_pool(self, name: str, env: dict, timeout: float):
@@ -232,6 +306,7 @@ class KernelRegistry(Service):
             raise KernelLaunchError(f"kernel {kernel.id} could not be restarted: {error}") from None
         kernel.busy_with = None
         kernel.execution_state = "idle"
+        self._persist(kernel)
         return kernel
 
     def shutdown(self, kernel_id: str, tenant=None) -> Deferred:
@@ -246,6 +321,7 @@ class KernelRegistry(Service):
         kernel.disconnect_all(1000, "kernel shut down")
         kernel.channels.close()
         yield kernel.launched.shutdown(now=False)
+        yield self._forget(kernel.id)
         log.info("shut down kernel {id}", id=kernel.id)
 
     def evict(self, tenant_name: str) -> Deferred:
@@ -319,6 +395,9 @@ class KernelRegistry(Service):
             self._culler.start(self.config.cull_interval, now=False)
         if self.pool is not None:
             self._clock.callLater(0, self.pool.refill)  # after the asyncio loop runs
+        if self.store is not None:
+            self.store.start()
+            self._clock.callLater(0, self.reattach_all)
 
     @inlineCallbacks
     def stopService(self):  # noqa: N802 - Twisted API
@@ -331,7 +410,18 @@ class KernelRegistry(Service):
             yield self.pool.stop()
         yield DeferredList(list(self._inflight), consumeErrors=True)
         kernel_ids = list(self.kernels)
-        if kernel_ids:
-            log.info("shutting down {n} kernel(s)", n=len(kernel_ids))
-        yield DeferredList([self.shutdown(kernel_id) for kernel_id in kernel_ids], consumeErrors=True)
+        if self.config.keep_kernels_on_exit:
+            if kernel_ids:
+                log.info("leaving {n} kernel(s) running for the next gateway", n=len(kernel_ids))
+            for kernel in list(self.kernels.values()):
+                kernel.disconnect_all(4503, "gateway restarting; reconnect with the same session_id")
+                kernel.channels.close()
+            yield DeferredList([self._persist(kernel) for kernel in self.kernels.values()], consumeErrors=True)
+        else:
+            if kernel_ids:
+                log.info("shutting down {n} kernel(s)", n=len(kernel_ids))
+            yield DeferredList([self.shutdown(kernel_id) for kernel_id in kernel_ids], consumeErrors=True)
+        if self.store is not None:
+            yield self.store.close()
+            self.store.stop()
         yield super().stopService()

@@ -158,10 +158,14 @@ class ChannelsProtocol(WebSocketServerProtocol):
         self.transport.writeSequence(frame)
 
     def disconnect(self, code: int, reason: str) -> None:
-        """Close with 1000: @jupyterlab/services reconnects on any other code."""
+        """Close with ``code`` when it is an application code (3000-4999), else 1000.
+
+        @jupyterlab/services reconnects on any code but 1000: a kernel that is
+        gone closes with 1000, a gateway restart with 4503 (come back).
+        """
         if getattr(self, "attached", False):
             self.attached = False
-            self.sendClose(1000, reason[:120])
+            self.sendClose(code if 3000 <= code <= 4999 else 1000, reason[:120])
 
 
 def make_channels_factory(registry, config) -> WebSocketServerFactory:

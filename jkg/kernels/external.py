@@ -1,0 +1,138 @@
+"""Kernels this gateway process did not start: reattached after a restart, or bridged.
+
+:class:`ExternalKernel` offers the same operations as
+:class:`jkg.kernels.launcher.LaunchedKernel`, working from a pid (when
+known) and the kernel's own control channel instead of a ``Popen`` object:
+liveness from the pid and its start time (so a reused pid is not mistaken
+for the kernel), interrupt by signal or ``interrupt_request``, shutdown by
+``shutdown_request`` then signals.  A kernel jkg does not own is only
+detached on shutdown and cannot be restarted.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from typing import Callable
+
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from ..errors import Conflict
+from .store import process_start_time
+
+log = Logger()
+
+
+def pid_alive(pid: int, start_time: int | None = None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, but not ours to signal
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            if handle.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+    except OSError:
+        pass
+    return start_time is None or process_start_time(pid) == start_time
+
+
+class ExternalKernel:
+    """A running kernel known by its connection info (and maybe its pid).
+
+    :param owned: whether jkg may stop it; a bridged kernel without
+        ``--own-existing`` is only detached.
+    :param relaunch: ``relaunch()`` fires with a new LaunchedKernel started on
+        the same connection info; without it, restart is refused (409).
+    """
+
+    def __init__(self, connection_info: dict, clock, pid: int | None = None, start_time: int | None = None,
+                 interrupt_mode: str = "signal", owned: bool = True,
+                 relaunch: Callable[[], Deferred] | None = None):
+        self._connection_info = connection_info
+        self._clock = clock
+        self.pid = pid
+        self.start_time = start_time
+        self.interrupt_mode = interrupt_mode
+        self.owned = owned
+        self._relaunch = relaunch
+        self._replacement = None
+        self._kernel = None
+
+    def bind(self, kernel) -> None:
+        """The :class:`ManagedKernel` whose channels carry control requests."""
+        self._kernel = kernel
+
+    @property
+    def connection_info(self) -> dict:
+        if self._replacement is not None:
+            return self._replacement.connection_info
+        return self._connection_info
+
+    def is_alive(self) -> Deferred:
+        if self._replacement is not None:
+            return self._replacement.is_alive()
+        if self.pid is None:
+            return succeed(True)  # the heartbeat decides for kernels without a known pid
+        return succeed(pid_alive(self.pid, self.start_time))
+
+    def interrupt(self) -> Deferred:
+        if self._replacement is not None:
+            return self._replacement.interrupt()
+        if self.pid is not None and self.interrupt_mode == "signal":
+            self._signal(signal.SIGINT)
+            return succeed(None)
+        return self._kernel.request("interrupt_request", {}, 5, channel="control")
+
+    def restart(self, now: bool = False) -> Deferred:
+        if self._replacement is not None:
+            return self._replacement.restart(now)
+        if self._relaunch is None:
+            raise Conflict("this kernel was started outside jkg and cannot be restarted by it")
+        return self._restart(now)
+
+    @inlineCallbacks
+    def _restart(self, now: bool):
+        yield self._stop(now)
+        self._replacement = yield self._relaunch()
+
+    def shutdown(self, now: bool = False) -> Deferred:
+        if self._replacement is not None:
+            return self._replacement.shutdown(now)
+        if not self.owned:
+            return succeed(None)  # detach: someone else runs this kernel
+        return self._stop(now)
+
+    @inlineCallbacks
+    def _stop(self, now: bool):
+        if not now and self._kernel is not None:
+            try:
+                yield self._kernel.request("shutdown_request", {"restart": False}, 2, channel="control")
+            except Exception:  # noqa: BLE001 - no answer: fall back to signals
+                pass
+        if self.pid is None:
+            return
+        for sig, grace in ((None, 0 if now else 3.0), (signal.SIGTERM, 2.0), (signal.SIGKILL, 2.0)):
+            if sig is not None:
+                self._signal(sig)
+            waited = 0.0
+            while pid_alive(self.pid, self.start_time) and waited < grace:
+                yield deferLater(self._clock, 0.05, lambda: None)
+                waited += 0.05
+            if not pid_alive(self.pid, self.start_time):
+                return
+        log.warn("kernel process {pid} did not exit", pid=self.pid)
+
+    def _signal(self, signum: int) -> None:
+        if self.pid is None or not pid_alive(self.pid, self.start_time):
+            return
+        try:
+            if os.getpgid(self.pid) == self.pid:  # jupyter_client starts kernels in their own group
+                os.killpg(self.pid, signum)
+            else:
+                os.kill(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass

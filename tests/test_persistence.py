@@ -1,0 +1,96 @@
+"""Kernels that survive a gateway restart: the state database, keep-on-exit, SIGKILL, reattach."""
+import os
+import signal
+import stat
+import subprocess
+import time
+
+import pytest
+import websocket
+
+from support import TWISTD, GatewayProcess, children_of, pid_alive, stdout_of
+
+
+def kernel_pid(gateway, kernel_id, session_id=None):
+    with gateway.connect(kernel_id, session_id=session_id) as client:
+        return int(stdout_of(client.run("import os; print(os.getpid())")))
+
+
+@pytest.fixture
+def state_db(tmp_path):
+    return str(tmp_path / "state.sqlite")
+
+
+def test_sigterm_without_keep_shuts_down_and_forgets(state_db):
+    with GatewayProcess("--state-db", state_db) as gateway:
+        kernel = gateway.start_kernel()
+        pid = kernel_pid(gateway, kernel["id"])
+    assert not pid_alive(pid)
+    assert stat.S_IMODE(os.stat(state_db).st_mode) == 0o600
+    with GatewayProcess("--state-db", state_db) as gateway:
+        time.sleep(0.5)
+        assert gateway.request("GET", "/api/kernels").json() == []
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_kernels_survive_and_are_reattached(state_db, stop_signal):
+    first = GatewayProcess("--state-db", state_db, "--keep-kernels-on-exit", token="tok").start()
+    pids = []
+    try:
+        keep = first.start_kernel()
+        doomed = first.start_kernel()
+        with first.connect(keep["id"], session_id="s1") as client:
+            client.run("memory = 'kept across gateways'")
+        keep_pid = kernel_pid(first, keep["id"])
+        doomed_pid = kernel_pid(first, doomed["id"])
+        pids = [keep_pid, doomed_pid]
+        ws = first.connect(keep["id"], session_id="s1")
+    finally:
+        first.stop(stop_signal)
+    assert pid_alive(keep_pid) and pid_alive(doomed_pid)
+    if stop_signal == signal.SIGTERM:  # told to come back (4503), not that the kernel is gone (1000)
+        ws.ws.settimeout(10)
+        opcode, data = ws.ws.recv_data(control_frame=True)
+        while opcode != websocket.ABNF.OPCODE_CLOSE:
+            opcode, data = ws.ws.recv_data(control_frame=True)
+        assert int.from_bytes(data[:2], "big") == 4503
+    os.kill(doomed_pid, signal.SIGKILL)
+    time.sleep(0.2)
+
+    second = GatewayProcess("--state-db", state_db, token="tok").start()
+    try:
+        deadline = time.monotonic() + 30
+        while keep["id"] not in [k["id"] for k in second.request("GET", "/api/kernels").json()]:
+            assert time.monotonic() < deadline, second.output.decode(errors="replace")[-3000:]
+            time.sleep(0.2)
+        ids = [k["id"] for k in second.request("GET", "/api/kernels").json()]
+        assert ids == [keep["id"]]  # the dead one is forgotten
+        with second.connect(keep["id"], session_id="s1") as client:
+            assert stdout_of(client.run("print(memory, __import__('os').getpid())")) == \
+                f"kept across gateways {keep_pid}\n"
+            msg_id = client.execute("import time; time.sleep(30)")
+            client.wait_for(lambda m: m["msg_type"] == "execute_input")
+            assert second.request("POST", f"/api/kernels/{keep['id']}/interrupt").status_code == 204
+            assert any(m["msg_type"] == "error" for m in client.collect(msg_id, timeout=20))
+        restarted = second.request("POST", f"/api/kernels/{keep['id']}/restart")
+        assert restarted.status_code == 200, restarted.text
+        new_pid = kernel_pid(second, keep["id"])
+        assert new_pid != keep_pid and not pid_alive(keep_pid)
+        pids.append(new_pid)
+    finally:
+        second.stop()
+    assert not [pid for pid in pids if pid_alive(pid)]
+
+
+def test_two_gateways_cannot_share_a_state_database(state_db):
+    with GatewayProcess("--state-db", state_db):
+        result = subprocess.run([*TWISTD, "-n", "--pidfile=", "jkg", "--port", "0", "--state-db", state_db],
+                                capture_output=True, timeout=60)
+        assert result.returncode == 2
+        assert b"in use by another jkg" in result.stderr
+
+
+def test_state_db_can_be_disabled(tmp_path):
+    with GatewayProcess("--state-db", "none") as gateway:
+        gateway.start_kernel()
+        assert not any(name.endswith(".sqlite") for name in os.listdir(gateway.runtime_dir))
