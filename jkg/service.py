@@ -118,7 +118,7 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     specs = KernelSpecs()
     seed_cells = read_seed(config.seed_uri) if config.seed_uri else ()
     store = open_store(config.state_db, reactor)
-    registry = KernelRegistry(KernelLauncher(specs, independent=config.keep_kernels_on_exit), connect, config, reactor, seed_cells=seed_cells, store=store)
+    registry = KernelRegistry(KernelLauncher(specs, independent=config.keep_kernels_on_exit, reactor=reactor), connect, config, reactor, seed_cells=seed_cells, store=store)
     ws_factory = make_channels_factory(registry, config)
 
     def tenants_removed(names):

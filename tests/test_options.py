@@ -29,7 +29,9 @@ def kernelspecs(tmp_path_factory):
     make_kernelspec(root, "second", [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
                     "Second Python")
     make_kernelspec(root, "sleeper", [sys.executable, "-c", "import time; time.sleep(120)", "{connection_file}"])
-    make_kernelspec(root, "crasher", [sys.executable, "-c", "import sys; sys.exit(3)", "{connection_file}"])
+    make_kernelspec(root, "crasher", [sys.executable, "-c",
+                                      "import sys; sys.stderr.write('no GPU found, giving up\\n'); sys.exit(3)",
+                                      "{connection_file}"])
     return root
 
 
@@ -172,6 +174,7 @@ def test_launch_timeout_and_launch_failure(kernelspecs):
         assert response.status_code == 500 and time.monotonic() - started < 8
         crashed = gateway.request("POST", "/api/kernels", json={"name": "crasher"})
         assert crashed.status_code == 500 and "exited" in crashed.json()["message"]
+        assert "no GPU found, giving up" in crashed.json()["message"]  # the tail of the kernel's stderr
         assert children_of(gateway.process.pid) == set()  # nothing left running
         assert gateway.request("GET", "/api/kernels").json() == []
         no_leftovers(gateway)

@@ -173,7 +173,15 @@ def jupyter_dirs(netns, tmp_path_factory):
 
 
 def _gateway_env(dirs) -> dict:
-    return {"JUPYTER_PATH": str(dirs["data"]), "JUPYTER_RUNTIME_DIR": str(dirs["runtime"])}
+    """Our kernelspecs, and a runtime dir (state database, connection files) of this gateway's own."""
+    runtime = dirs["runtime"] / secrets.token_hex(4)
+    runtime.mkdir()
+    return {"JUPYTER_PATH": str(dirs["data"]), "JUPYTER_RUNTIME_DIR": str(runtime)}
+
+
+def _environ(pid: int) -> dict[str, str]:
+    entries = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    return dict(entry.split("=", 1) for entry in entries if "=" in entry)
 
 
 @pytest.fixture(scope="module")
@@ -270,6 +278,7 @@ def test_kernel_runs_in_the_namespace(gateway, kernel, netns, jupyter_dirs):
     # `ip netns exec` execs the kernel: the process the gateway started (and signals) is the kernel itself
     assert facts["pid"] in netns.pids()
     assert facts["ppid"] == gateway.process.pid
+    assert _environ(facts["pid"])["JPY_PARENT_PID"] == str(gateway.process.pid)  # dies with the gateway
     argv = Path(f"/proc/{facts['pid']}/cmdline").read_bytes().decode().split("\0")
     assert "ipykernel_launcher" in argv
     connection_file = Path(argv[argv.index("-f") + 1])
@@ -417,8 +426,9 @@ def test_adopted_kernel_is_polled_and_signalled_only_while_it_is_ours(netns, jup
         manager.connection_file = str(jupyter_dirs["runtime"] / "adopted.json")
         impostor = NetnsProvisioner(kernel_spec=manager.kernel_spec)
         adopted = NetnsProvisioner(kernel_spec=manager.kernel_spec)
-        await manager.start_kernel()
+        await manager.start_kernel(independent=True)
         try:
+            assert "JPY_PARENT_PID" not in _environ(manager.provisioner.process.pid)  # may outlive us
             info = await manager.provisioner.get_provisioner_info()
             info["connection_info"] = {**info["connection_info"], "key": info["connection_info"]["key"].decode()}
             info = json.loads(json.dumps(info))  # what an application would persist

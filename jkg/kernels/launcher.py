@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import subprocess
 from typing import Any, Awaitable
 
 from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager, NoSuchKernel
@@ -20,6 +21,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from ..errors import KernelLaunchError, NotFound, UnknownKernelSpec
+from .stderr import StderrTail
 
 log = Logger()
 
@@ -105,8 +107,12 @@ def _resource_files(folder: str) -> list[str]:
 class LaunchedKernel:
     """One kernel process (or remote kernel) as its provisioner reports it."""
 
-    def __init__(self, manager: AsyncKernelManager):
+    def __init__(self, manager: AsyncKernelManager, stderr=None):
         self._manager = manager
+        self.stderr = stderr  # a StderrTail for local processes
+
+    def stderr_tail(self) -> str:
+        return self.stderr.tail() if self.stderr is not None else ""
 
     @property
     def connection_info(self) -> dict:
@@ -153,7 +159,8 @@ class LaunchedKernel:
 class KernelLauncher:
     """Makes :class:`LaunchedKernel` objects; the registry's only way to spawn."""
 
-    def __init__(self, specs: KernelSpecs, shutdown_wait_time: float = 3.0, independent: bool = False):
+    def __init__(self, specs: KernelSpecs, shutdown_wait_time: float = 3.0, independent: bool = False,
+                 reactor=None):
         """
         :param independent: kernels outlive the gateway process (``--keep-kernels-on-exit``);
             otherwise ipykernel watches its parent and exits with it, so even a
@@ -162,6 +169,7 @@ class KernelLauncher:
         self.specs = specs
         self.shutdown_wait_time = shutdown_wait_time
         self.independent = independent
+        self.reactor = reactor
 
     def launch(self, kernel_id: str, kernel_name: str, env: dict[str, str]) -> Deferred:
         """Fire with a :class:`LaunchedKernel` once the process is started.
@@ -187,13 +195,17 @@ class KernelLauncher:
 
     async def _launch(self, manager: AsyncKernelManager, kernel_id: str, env: dict) -> LaunchedKernel:
         try:
-            await manager.start_kernel(kernel_id=kernel_id, env=env, cwd=os.getcwd(), independent=self.independent)
+            await manager.start_kernel(kernel_id=kernel_id, env=env, cwd=os.getcwd(), independent=self.independent,
+                                       stderr=subprocess.PIPE if self.reactor is not None else None)
         except NoSuchKernel:
             raise UnknownKernelSpec(manager.kernel_name) from None
         except Exception as error:  # noqa: BLE001 - report why, never a traceback
             await _cleanup_quietly(manager)
             raise KernelLaunchError(f"kernel {manager.kernel_name} failed to start: {error}") from None
-        return LaunchedKernel(manager)
+        process = getattr(manager.provisioner, "process", None)
+        pipe = getattr(process, "stderr", None)
+        tail = StderrTail(self.reactor, pipe) if pipe is not None else None
+        return LaunchedKernel(manager, tail)
 
 
 async def _cleanup_quietly(manager: AsyncKernelManager) -> None:

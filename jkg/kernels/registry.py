@@ -259,6 +259,11 @@ class KernelRegistry(Service):
             yield kernel.wait_ready(timeout)
             if self.seed_cells:
                 yield run_seed(kernel, self.seed_cells, timeout)
+        except KernelLaunchError as error:
+            kernel.channels.close()
+            yield launched.shutdown(now=True)
+            tail = launched.stderr_tail() if hasattr(launched, "stderr_tail") else ""
+            raise KernelLaunchError(f"{error.message}; kernel stderr: {tail}" if tail else error.message) from None
         except Exception:
             kernel.channels.close()
             yield launched.shutdown(now=True)

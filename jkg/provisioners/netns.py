@@ -187,10 +187,12 @@ class NetnsProvisioner(KernelProvisionerBase):
         if tool is None:
             raise RuntimeError("ip(8) from iproute2 is not installed")
         env = dict(kwargs["env"])
-        # ip(8) execs the kernel rather than forking it, so the kernel is our
-        # child: ipykernel's parent poller then ends it if the gateway dies
-        # without shutting it down, and our pid/process group is the kernel's.
-        env["JPY_PARENT_PID"] = str(os.getpid())
+        if not kwargs.get("independent"):
+            # ip(8) execs the kernel rather than forking it, so the kernel is
+            # our child and ipykernel's parent poller ends it if the gateway
+            # dies without shutting it down.  An independent kernel (one meant
+            # to outlive the gateway) must not be told who its parent is.
+            env["JPY_PARENT_PID"] = str(os.getpid())
         # A new session: a terminal's Ctrl-C to the gateway does not reach the
         # kernel, and an interrupt reaches the kernel's own children too.
         self.process = subprocess.Popen([tool, "netns", "exec", self.namespace, *cmd], env=env,
