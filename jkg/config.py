@@ -159,6 +159,12 @@ OPTIONS: tuple[Option, ...] = (
            "empty means jkg-state.sqlite in the Jupyter runtime directory, none disables it.", ("JKG_STATE_DB",)),
     Option("keep_kernels_on_exit", "false", _flag, "On SIGTERM leave kernels running; the next jkg with the "
            "same state database reattaches to them.", ("JKG_KEEP_KERNELS_ON_EXIT",), flag=True),
+    Option("existing", "", _text, "Connection file of a kernel started outside jkg to serve (repeatable; env: "
+           "comma-separated).", ("JKG_EXISTING",), repeatable=True),
+    Option("existing_dir", "", _text, "Runtime directory whose kernel-*.json kernels are served as they appear "
+           "and dropped when they die.", ("JKG_EXISTING_DIR",)),
+    Option("own_existing", "false", _flag, "DELETE and gateway shutdown stop existing kernels instead of only "
+           "detaching from them.", ("JKG_OWN_EXISTING",), flag=True),
     Option("kernel_poll_interval", "1.0", _positive_float, "Seconds between checks that kernel processes "
            "are alive.", ("JKG_KERNEL_POLL_INTERVAL",)),
     Option("ws_ping_interval", "30", _non_negative_float, "Seconds between WebSocket pings (0 disables).",
@@ -208,6 +214,9 @@ class GatewayConfig:
     cull_busy: bool = False
     state_db: str = ""
     keep_kernels_on_exit: bool = False
+    existing: tuple[str, ...] = ()
+    existing_dir: str = ""
+    own_existing: bool = False
     kernel_poll_interval: float = 1.0
     ws_ping_interval: float = 30.0
     ws_ping_timeout: float = 90.0

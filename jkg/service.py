@@ -140,6 +140,11 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     registry.setServiceParent(service)
     if tenants is not None:
         tenants.setServiceParent(service)
+    if config.existing or config.existing_dir:
+        from .kernels.discovery import ExistingKernels
+
+        ExistingKernels(registry, reactor, config.existing, config.existing_dir,
+                        config.own_existing).setServiceParent(service)
     return Gateway(config, registry, resource, site, service)
 
 

@@ -30,10 +30,15 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["pool"] = []
+        self["existing"] = []
 
     def opt_listen(self, endpoint):
         """Twisted endpoint string to listen on (repeatable), e.g. tcp:8888:interface=127.0.0.1"""
         self["listen"].append(endpoint)
+
+    def opt_existing(self, path):
+        """Connection file of a kernel started outside jkg to serve (repeatable) [env: JKG_EXISTING]"""
+        self["existing"].append(path)
 
     def opt_pool(self, entry):
         """Warm pool size for one kernelspec, NAME=COUNT (repeatable) [env: JKG_POOL, comma-separated]"""

@@ -397,6 +397,33 @@ def test_gateway_stops_cleanly_with_a_remote_kernel_running(netns, jupyter_dirs)
     assert b"Unhandled" not in process.output
 
 
+def test_kept_kernel_is_reattached_by_the_next_gateway(netns, jupyter_dirs):
+    env = _gateway_env(jupyter_dirs)  # both gateways share one runtime dir, hence one state database
+    first = GatewayProcess("--keep-kernels-on-exit", token=TOKEN, env=env).start()
+    second = None
+    try:
+        model = first.start_kernel(name="netns-python")
+        with first.connect(model["id"]) as client:
+            client.run("kept = 'yes'")
+            pid = _facts(client)["pid"]
+        assert "JPY_PARENT_PID" not in _environ(pid)  # an independent kernel is not tied to the gateway
+        first.stop(signal.SIGTERM)
+        assert pid_alive(pid) and netns.pids() == {pid}
+        second = GatewayProcess(token=TOKEN, env=env).start()
+        deadline = time.monotonic() + 30
+        while second.request("GET", f"/api/kernels/{model['id']}").status_code != 200:
+            assert time.monotonic() < deadline, "the kernel was not reattached"
+            time.sleep(0.2)
+        with second.connect(model["id"]) as client:
+            assert stdout_of(client.run("print(kept)")) == "yes\n"
+        assert second.request("DELETE", f"/api/kernels/{model['id']}").status_code == 204
+        assert not netns.wait_empty()
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
 # -- the provisioner directly: persistence of a running kernel ---------------------
 def _run_async(coroutine_fn, timeout: float = 120.0):
     """Run a coroutine on a private loop (this process's main loop belongs to the test reactor)."""

@@ -62,6 +62,10 @@ class ExternalKernel:
         self._replacement = None
         self._kernel = None
 
+    @property
+    def can_restart(self) -> bool:
+        return self._relaunch is not None or self._replacement is not None
+
     def bind(self, kernel) -> None:
         """The :class:`ManagedKernel` whose channels carry control requests."""
         self._kernel = kernel

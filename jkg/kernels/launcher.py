@@ -94,6 +94,8 @@ class KernelSpecs:
 
 
 MAX_RESOURCE_SIZE = 4 * 1024 * 1024
+# Provisioners known to poll without blocking (a Popen.poll()), safe to call on the reactor.
+NON_BLOCKING_PROVISIONERS = frozenset({"LocalProvisioner", "NetnsProvisioner"})
 _SPEC_NAME = re.compile(r"[\w.\-]{1,255}\Z")
 
 
@@ -126,7 +128,16 @@ class LaunchedKernel:
         return getattr(process, "pid", None)
 
     def is_alive(self) -> Deferred:
-        return as_deferred(self._manager.is_alive())
+        """Poll the provisioner; off the reactor for provisioners that may block.
+
+        Remote provisioners (Kubernetes, YARN, Docker ...) make synchronous
+        API calls inside their ``poll()`` coroutine, every few seconds per
+        kernel; those run on a worker thread with an event loop of its own.
+        """
+        provisioner = self._manager.provisioner
+        if provisioner is None or type(provisioner).__name__ in NON_BLOCKING_PROVISIONERS:
+            return as_deferred(self._manager.is_alive())
+        return deferToThread(lambda: asyncio.run(self._manager.is_alive()))
 
     def record_info(self) -> Deferred:
         """Fire with ``(pid, provisioner_info)``: what a later gateway needs to reattach."""

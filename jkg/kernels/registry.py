@@ -150,6 +150,33 @@ class KernelRegistry(Service):
         self._persist(kernel)
         return kernel
 
+    # -- bridged kernels -------------------------------------------------------
+    @inlineCallbacks
+    def adopt(self, kernel_id: str, name: str, launched, source: str = ""):
+        """Serve a kernel someone else started (``--existing``); fire with it once it answers."""
+        kernel = ManagedKernel(kernel_id, name, launched, self._connect, self._clock,
+                               self.config.replay_buffer_limit)
+        launched.bind(kernel)
+        try:
+            yield kernel.wait_ready(10, channel="control")
+        except Exception:
+            kernel.channels.close()
+            raise
+        kernel.execution_state = "idle"
+        self.kernels[kernel_id] = kernel
+        self._locks[kernel_id] = DeferredLock()
+        log.info("serving existing kernel {id} ({name}) from {source}", id=kernel_id, name=name, source=source)
+        return kernel
+
+    def drop(self, kernel_id: str, reason: str) -> None:
+        """Stop serving a bridged kernel that went away (it is not ours to stop)."""
+        kernel = self.kernels.pop(kernel_id, None)
+        self._locks.pop(kernel_id, None)
+        if kernel is not None:
+            kernel.broadcast_status("dead")
+            kernel.disconnect_all(1000, reason)
+            kernel.channels.close()
+
     # -- persistence -----------------------------------------------------------
     @inlineCallbacks
     def _persist(self, kernel: ManagedKernel):
@@ -287,6 +314,8 @@ class KernelRegistry(Service):
         not send it.
         """
         kernel = self.get(kernel_id, tenant)
+        if not getattr(kernel.launched, "can_restart", True):
+            raise Conflict(f"kernel {kernel_id} was started outside jkg and cannot be restarted by it")
         lock = self._locks[kernel_id]
         if lock.locked:
             raise Conflict(f"kernel {kernel_id} is already restarting or shutting down")
@@ -380,6 +409,11 @@ class KernelRegistry(Service):
                 kernel.restart_count = 0
             return
         kernel.restart_count += 1
+        if not getattr(kernel.launched, "can_restart", True):
+            log.warn("kernel {id}, started outside jkg, died", id=kernel.id)
+            kernel.channels.close()
+            kernel.broadcast_status("dead")
+            return
         if kernel.restart_count > self.config.restart_limit:
             log.error("kernel {id} died and exceeded its restart limit; it is dead", id=kernel.id)
             kernel.channels.close()

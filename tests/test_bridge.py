@@ -1,0 +1,125 @@
+"""Bridge mode: kernels started outside jkg, served through the same REST and WebSocket API."""
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from jupyter_client.connect import write_connection_file
+
+from jkg.kernels.discovery import ConnectionFileError, kernel_id_for, read_connection_file
+from support import GatewayProcess, pid_alive, stdout_of
+
+
+def start_outside_kernel(path):
+    """An ipykernel started by hand, as in a container that already runs one."""
+    write_connection_file(str(path), ip="127.0.0.1", key=uuid.uuid4().hex.encode())
+    process = subprocess.Popen([sys.executable, "-m", "ipykernel_launcher", "-f", str(path)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return process
+
+
+def stop(process):
+    if process.poll() is None:
+        process.kill()
+    process.wait(10)
+
+
+def wait_listed(gateway, kernel_id, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        kernels = {k["id"]: k for k in gateway.request("GET", "/api/kernels").json()}
+        if kernel_id in kernels:
+            return kernels[kernel_id]
+        assert time.monotonic() < deadline, gateway.output.decode(errors="replace")[-2000:]
+        time.sleep(0.2)
+
+
+def test_connection_files_are_validated(tmp_path):
+    bad = tmp_path / "kernel-x.json"
+    for content in ['{"ip": "127.0.0.1"}', "[]", "not json",
+                    '{"ip": "127.0.0.1", "transport": "udp", "shell_port": 1, "iopub_port": 2, "stdin_port": 3, '
+                    '"control_port": 4, "hb_port": 5}']:
+        bad.write_text(content)
+        with pytest.raises(ConnectionFileError):
+            read_connection_file(str(bad))
+    good_id = str(uuid.uuid4())
+    assert kernel_id_for(f"/run/kernel-{good_id}.json") == good_id
+    assert kernel_id_for("/tmp/conn.json") == kernel_id_for("/tmp/conn.json") != kernel_id_for("/tmp/other.json")
+
+
+def test_existing_kernel_is_served_detached_and_keeps_running(tmp_path):
+    path = tmp_path / "conn.json"
+    outside = start_outside_kernel(path)
+    try:
+        with GatewayProcess("--existing", str(path)) as gateway:
+            kernel_id = kernel_id_for(str(path))
+            model = wait_listed(gateway, kernel_id)
+            assert model["execution_state"] == "idle"
+            with gateway.connect(kernel_id) as client:
+                assert stdout_of(client.run("import os; print(os.getpid())")) == f"{outside.pid}\n"
+                msg_id = client.execute("import time; time.sleep(30)")
+                client.wait_for(lambda m: m["msg_type"] == "execute_input")
+                assert gateway.request("POST", f"/api/kernels/{kernel_id}/interrupt").status_code == 204
+                assert any(m["msg_type"] == "error" and m["content"]["ename"] == "KeyboardInterrupt"
+                           for m in client.collect(msg_id, timeout=20))
+            refused = gateway.request("POST", f"/api/kernels/{kernel_id}/restart")
+            assert refused.status_code == 409
+            assert "started outside jkg" in refused.json()["message"]
+            assert gateway.request("DELETE", f"/api/kernels/{kernel_id}").status_code == 204
+            assert gateway.request("GET", f"/api/kernels/{kernel_id}").status_code == 404
+            time.sleep(3)  # a rescan must not adopt the detached kernel again
+            assert gateway.request("GET", f"/api/kernels/{kernel_id}").status_code == 404
+        assert outside.poll() is None  # detached, not killed; the gateway's stop left it too
+    finally:
+        stop(outside)
+
+
+def test_death_of_an_existing_kernel_is_noticed(tmp_path):
+    path = tmp_path / "conn.json"
+    outside = start_outside_kernel(path)
+    try:
+        with GatewayProcess("--existing", str(path)) as gateway:
+            kernel_id = kernel_id_for(str(path))
+            wait_listed(gateway, kernel_id)
+            with gateway.connect(kernel_id) as client:
+                client.run("1")
+                os.killpg(outside.pid, signal.SIGKILL)
+                dead = client.wait_for(lambda m: m["msg_type"] == "status"
+                                       and m["content"]["execution_state"] == "dead", timeout=20)
+                assert dead
+            assert gateway.request("GET", f"/api/kernels/{kernel_id}").json()["execution_state"] == "dead"
+    finally:
+        stop(outside)
+
+
+def test_existing_dir_picks_up_and_drops_kernels(tmp_path):
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    with GatewayProcess("--existing-dir", str(runtime), "--own-existing") as gateway:
+        kernel_id = str(uuid.uuid4())
+        path = runtime / f"kernel-{kernel_id}.json"
+        first = start_outside_kernel(path)
+        second_id = str(uuid.uuid4())
+        second = start_outside_kernel(runtime / f"kernel-{second_id}.json")
+        try:
+            wait_listed(gateway, kernel_id)
+            wait_listed(gateway, second_id)
+            with gateway.connect(kernel_id) as client:
+                assert stdout_of(client.run("print('found')")) == "found\n"
+            # --own-existing: DELETE stops the kernel
+            assert gateway.request("DELETE", f"/api/kernels/{second_id}").status_code == 204
+            second.wait(15)
+            # a kernel whose file disappears is dropped
+            first.kill()
+            first.wait(10)
+            path.unlink()
+            deadline = time.monotonic() + 20
+            while gateway.request("GET", f"/api/kernels/{kernel_id}").status_code != 404:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        finally:
+            stop(first)
+            stop(second)
