@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
     python_requires=">=3.10",
-    packages=["jkg", "jkg.kernels", "jkg.web", "jkg.auth", "jkg.client", "twisted.plugins"],
+    packages=["jkg", "jkg.kernels", "jkg.web", "jkg.auth", "jkg.client", "jkg.provisioners", "twisted.plugins"],
     install_requires=[
         "twisted[tls]>=24.7",
         "autobahn>=24.4",
@@ -41,6 +41,11 @@ setup(
             "websocket-client>=1.8",
             "requests>=2.31",
             "jupyter_server>=2.14,<3",
+        ],
+    },
+    entry_points={
+        "jupyter_client.kernel_provisioners": [
+            "jkg-netns-provisioner = jkg.provisioners.netns:NetnsProvisioner",
         ],
     },
     classifiers=[

@@ -60,8 +60,8 @@ def test_existing_kernel_is_served_detached_and_keeps_running(tmp_path):
             assert model["execution_state"] == "idle"
             with gateway.connect(kernel_id) as client:
                 assert stdout_of(client.run("import os; print(os.getpid())")) == f"{outside.pid}\n"
-                msg_id = client.execute("import time; time.sleep(30)")
-                client.wait_for(lambda m: m["msg_type"] == "execute_input")
+                msg_id = client.execute("import time; print('sleeping', flush=True); time.sleep(30)")
+                client.wait_for(lambda m: m["msg_type"] == "stream" and "sleeping" in m["content"]["text"])
                 assert gateway.request("POST", f"/api/kernels/{kernel_id}/interrupt").status_code == 204
                 assert any(m["msg_type"] == "error" and m["content"]["ename"] == "KeyboardInterrupt"
                            for m in client.collect(msg_id, timeout=20))

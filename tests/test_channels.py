@@ -105,8 +105,8 @@ def test_comm_with_binary_buffers(gateway, kernel, v1):
 
 def test_interrupt_a_running_sleep(gateway, kernel):
     with gateway.connect(kernel["id"]) as client:
-        msg_id = client.execute("import time; time.sleep(30)")
-        client.wait_for(lambda m: m["msg_type"] == "execute_input")
+        msg_id = client.execute("import time; print('sleeping', flush=True); time.sleep(30)")
+        client.wait_for(lambda m: m["msg_type"] == "stream" and "sleeping" in m["content"]["text"])
         started = time.monotonic()
         assert gateway.request("POST", f"/api/kernels/{kernel['id']}/interrupt").status_code == 204
         messages = client.collect(msg_id, timeout=20)

@@ -68,8 +68,8 @@ def test_kernels_survive_and_are_reattached(state_db, stop_signal):
         with second.connect(keep["id"], session_id="s1") as client:
             assert stdout_of(client.run("print(memory, __import__('os').getpid())")) == \
                 f"kept across gateways {keep_pid}\n"
-            msg_id = client.execute("import time; time.sleep(30)")
-            client.wait_for(lambda m: m["msg_type"] == "execute_input")
+            msg_id = client.execute("import time; print('sleeping', flush=True); time.sleep(30)")
+            client.wait_for(lambda m: m["msg_type"] == "stream" and "sleeping" in m["content"]["text"])
             assert second.request("POST", f"/api/kernels/{keep['id']}/interrupt").status_code == 204
             assert any(m["msg_type"] == "error" for m in client.collect(msg_id, timeout=20))
         restarted = second.request("POST", f"/api/kernels/{keep['id']}/restart")

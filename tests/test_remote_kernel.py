@@ -150,6 +150,11 @@ def _spec(config: dict, provisioner: str = PROVISIONER) -> dict:
 
 @pytest.fixture(scope="module")
 def jupyter_dirs(netns, tmp_path_factory):
+    """Kernelspecs selecting the provisioner (some with hostile config), and a runtime dir."""
+    registered = [ep.name for ep in entry_points(group="jupyter_client.kernel_provisioners")]
+    assert PROVISIONER in registered, (
+        f"entry point {PROVISIONER} is not registered (found {registered}): add it to setup.py's "
+        "entry_points['jupyter_client.kernel_provisioners'] and pip install .")
     root = tmp_path_factory.mktemp("remote-kernels")
     fixed_ports = dict(zip(("shell", "iopub", "stdin", "control", "hb"), random.sample(range(40000, 45000), 5)))
     specs = {
@@ -187,10 +192,6 @@ def _environ(pid: int) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def gateway(netns, jupyter_dirs):
     """A gateway of its own, whose kernelspecs select the netns provisioner."""
-    registered = [ep.name for ep in entry_points(group="jupyter_client.kernel_provisioners")]
-    assert PROVISIONER in registered, (
-        f"entry point {PROVISIONER} is not registered (found {registered}): add it to setup.py's "
-        "entry_points['jupyter_client.kernel_provisioners'] and pip install .")
     process = GatewayProcess(token=TOKEN, env=_gateway_env(jupyter_dirs)).start()
     try:
         yield process

@@ -75,19 +75,30 @@ def kernel_id_for(path: str) -> str:
 
 
 def find_kernel_pid(path: str) -> int | None:
-    """The pid of the process whose command line names this connection file (Linux /proc)."""
-    needles = {os.path.abspath(path).encode(), os.path.basename(path).encode()}
+    """The pid of the one process whose arguments name exactly this connection file (Linux /proc).
+
+    Relative arguments are resolved against that process's working
+    directory; when no process or more than one matches, the pid is unknown
+    and jkg uses the control channel instead of signals.
+    """
+    target = os.path.realpath(path)
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")[1:]
+            if not any(os.path.basename(target).encode() in argument for argument in arguments):
+                continue
+            cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        if any(argument in needles or argument.endswith(b"/" + os.path.basename(path).encode())
-               for argument in arguments[1:]):
-            return int(entry.name)
-    return None
+        for argument in arguments:
+            text = argument.decode("utf-8", "replace")
+            if text and os.path.realpath(os.path.join(cwd, text)) == target:
+                found.append(int(entry.name))
+                break
+    return found[0] if len(found) == 1 else None
 
 
 def describe(path: str) -> dict:
@@ -169,9 +180,17 @@ class ExistingKernels(Service):
                 if path in self.paths:
                     self._ignored.add(path)
 
+    @inlineCallbacks
     def _adopt(self, details: dict):
         info = details["info"]
         launched = ExternalKernel(info, self._clock, details["pid"], details["start_time"],
                                   interrupt_mode="signal" if details["pid"] else "message", owned=self.own)
         name = info.get("kernel_name") or "python3"
-        return self.registry.adopt(details["id"], name, launched, source=details["path"])
+        yield self.registry.adopt(details["id"], name, launched, source=details["path"])
+        if launched.pid is None:
+            # the file may have appeared before its kernel process: now that it answers, look again
+            pid = yield deferToThread(find_kernel_pid, details["path"])
+            if pid is not None:
+                launched.pid, launched.start_time = pid, process_start_time(pid)
+                launched.interrupt_mode = "signal"
+        log.info("existing kernel {id}: pid {pid}", id=details["id"], pid=launched.pid or "unknown")

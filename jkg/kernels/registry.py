@@ -353,8 +353,11 @@ class KernelRegistry(Service):
     def _shutdown(self, kernel: ManagedKernel):
         kernel.busy_with = "shutting down"
         kernel.disconnect_all(1000, "kernel shut down")
-        kernel.channels.close()
-        yield kernel.launched.shutdown(now=False)
+        try:
+            # channels stay open meanwhile: a kernel jkg did not launch is asked over them to shut down
+            yield kernel.launched.shutdown(now=False)
+        finally:
+            kernel.channels.close()
         yield self._forget(kernel.id)
         log.info("shut down kernel {id}", id=kernel.id)
 
