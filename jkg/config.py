@@ -175,6 +175,17 @@ OPTIONS: tuple[Option, ...] = (
            "accepted from a client, in bytes.", ("JKG_MAX_MESSAGE_SIZE",)),
     Option("replay_buffer_limit", str(64 * 1024 * 1024), _non_negative_int, "Bytes of output kept for a "
            "disconnected session, replayed when it reconnects.", ("JKG_REPLAY_BUFFER_LIMIT",)),
+    Option("client_buffer_limit", str(16 * 1024 * 1024), _non_negative_int, "Bytes that may wait to be sent to "
+           "one WebSocket client; a client with more waiting is disconnected (code 4008) and its output is kept "
+           "for replay (0 means no limit).", ("JKG_CLIENT_BUFFER_LIMIT",)),
+    Option("iopub_msg_rate_limit", "0", _non_negative_float, "IOPub messages per second a client may get, "
+           "averaged over --rate-limit-window, as jupyter_server's (0 disables).",
+           ("JKG_IOPUB_MSG_RATE_LIMIT", "KG_IOPUB_MSG_RATE_LIMIT")),
+    Option("iopub_data_rate_limit", "0", _non_negative_float, "Bytes of stream output per second a client "
+           "may get, averaged over --rate-limit-window, as jupyter_server's (0 disables).",
+           ("JKG_IOPUB_DATA_RATE_LIMIT", "KG_IOPUB_DATA_RATE_LIMIT")),
+    Option("rate_limit_window", "3", _positive_float, "Seconds over which the iopub rate limits are averaged.",
+           ("JKG_RATE_LIMIT_WINDOW", "KG_RATE_LIMIT_WINDOW")),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
@@ -222,6 +233,10 @@ class GatewayConfig:
     ws_ping_timeout: float = 90.0
     max_message_size: int = 256 * 1024 * 1024
     replay_buffer_limit: int = 64 * 1024 * 1024
+    client_buffer_limit: int = 16 * 1024 * 1024
+    iopub_msg_rate_limit: float = 0.0
+    iopub_data_rate_limit: float = 0.0
+    rate_limit_window: float = 3.0
 
     @property
     def endpoints(self) -> tuple[str, ...]:

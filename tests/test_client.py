@@ -590,12 +590,25 @@ def test_dead_status_fails_the_channels_after_delivering_it():
 
 
 # ------------------------------------------------------------------------------------------ reference gateway
+def install_reference_gateway() -> None:
+    """jupyter-kernel-gateway 3.0.1 in its own venv (the one the benchmarks use), made once."""
+    venv = KG_BIN.parent.parent
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
+        result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                                 "--disable-pip-version-check", "jupyter-kernel-gateway==3.0.1", "ipykernel"],
+                                capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.SubprocessError) as error:
+        pytest.skip(f"could not create a venv for jupyter-kernel-gateway: {error!r}")
+    if result.returncode != 0 or not KG_BIN.exists():
+        pytest.skip(f"could not install jupyter-kernel-gateway 3.0.1 from PyPI: {result.stderr[-500:]}")
+
+
 @pytest.fixture(scope="module")
 def kernel_gateway():
     """jupyter-kernel-gateway 3.0.1 from the benchmark venv, on a free loopback port."""
     if not KG_BIN.exists():
-        pytest.skip(f"jupyter-kernel-gateway is not installed in {KG_BIN.parent.parent} "
-                    "(the benchmark script creates that venv)")
+        install_reference_gateway()
     port = free_port()
     env = {**os.environ, "KG_LIST_KERNELS": "True"}
     process = subprocess.Popen(

@@ -22,6 +22,8 @@ from .replay import ReplayBuffer
 log = Logger()
 
 MAX_PENDING = 10_000
+#: Sessions dropped for reading too slowly whose output is kept for them at once.
+MAX_SLOW_REPLAYS = 8
 NUDGE_INTERVAL = 0.5
 CLIENT_CHANNELS = frozenset({"shell", "control", "stdin"})
 
@@ -51,7 +53,8 @@ class ManagedKernel:
         self._connect = connect
         self._clock = clock
         self._replay_limit = replay_limit
-        self._replay: ReplayBuffer | None = None
+        self._replay: ReplayBuffer | None = None  # the last client's, while nobody is attached
+        self._slow_replays: dict[str, ReplayBuffer] = {}  # sessions dropped for reading too slowly
         self._pending: dict[str, str] = {}  # request msg_id -> session_id
         self._internal: dict[str, Callable[[KernelMessage], None]] = {}
         self._quiet: set[str] = set()  # the gateway's own requests: their iopub stays private
@@ -96,28 +99,38 @@ class ManagedKernel:
             self._deliver_to_session(session, message)
 
     def _track_status(self, message: KernelMessage) -> None:
-        if self.busy_with is not None:
-            return  # the registry owns the state while it restarts the kernel
         try:
             state = loads(message.parts[3]).get("execution_state")
         except (ValueError, AttributeError):
             return
-        if isinstance(state, str) and self.execution_state != "dead":
+        if not isinstance(state, str):
+            return
+        message.execution_state = state  # parsed once, for every client's rate limits
+        if self.busy_with is None and self.execution_state != "dead":
+            # (while the registry restarts the kernel, it owns the state)
             self.execution_state = state
 
     def _broadcast(self, message: KernelMessage) -> None:
         if self.clients:
+            # a copy: a client that turns out too slow detaches during delivery
             for client in list(self.clients.values()):
                 client.deliver(message)
         elif self._replay is not None:
             self._replay.append(message)
+        if self._slow_replays:
+            for replay in self._slow_replays.values():
+                replay.append(message)
 
     def _deliver_to_session(self, session_id: str, message: KernelMessage) -> None:
         client = self.clients.get(session_id)
         if client is not None:
             client.deliver(message)
-        elif self._replay is not None and self._replay.session_id == session_id:
-            self._replay.append(message)
+            return
+        replay = self._slow_replays.get(session_id)
+        if replay is None and self._replay is not None and self._replay.session_id == session_id:
+            replay = self._replay
+        if replay is not None:
+            replay.append(message)
 
     def broadcast_status(self, state: str) -> None:
         """Tell every client of a state only the gateway knows (restarting, dead)."""
@@ -138,25 +151,55 @@ class ManagedKernel:
 
     # -- attaching clients ---------------------------------------------------
     def attach(self, client) -> None:
-        """Attach a client; a stale connection with the same session is replaced."""
-        stale = self.clients.pop(client.session_id, None)
+        """Attach a client; a stale connection with the same session is replaced.
+
+        The output kept for its session (if any) is delivered first.  Output
+        kept for the last client to leave is discarded when another session
+        arrives first (as jupyter_server does); output kept for a session
+        dropped for reading too slowly waits for that session.
+        """
+        session_id = client.session_id
+        stale = self.clients.pop(session_id, None)
         if stale is not None and stale is not client:
             stale.disconnect(1000, "replaced by a new connection with the same session_id")
         replay, self._replay = self._replay, None
-        self.clients[client.session_id] = client
-        if replay is not None and replay.session_id == client.session_id:
+        if replay is not None and replay.session_id != session_id:
+            replay = None
+        slow = self._slow_replays.pop(session_id, None)
+        if slow is not None:
+            replay = slow
+        self.clients[session_id] = client
+        if replay is not None:
             for message in replay.drain():
                 client.deliver(message)
 
     def detach(self, client) -> None:
-        if self.clients.get(client.session_id) is client:
-            del self.clients[client.session_id]
-            if not self.clients and self.busy_with != "shutting down":
-                self._replay = ReplayBuffer(client.session_id, self._replay_limit)
+        """Forget a client; keep its session's output if it was the last one or too slow.
+
+        A client that was disconnected because it read too slowly says so with
+        a non-zero ``dropped_as_slow`` (the outgoing buffer limit it went
+        over); its session's output is then kept, even while other clients
+        stay, up to the smaller of that limit and the replay limit -- so the
+        gateway never holds more than that for one slow client.
+        """
+        if self.clients.get(client.session_id) is not client:
+            return
+        del self.clients[client.session_id]
+        if self.busy_with == "shutting down":
+            return
+        slow = getattr(client, "dropped_as_slow", 0)
+        if slow:
+            if len(self._slow_replays) >= MAX_SLOW_REPLAYS:
+                self._slow_replays.pop(next(iter(self._slow_replays)))
+            self._slow_replays[client.session_id] = ReplayBuffer(
+                client.session_id, min(self._replay_limit, slow), dropped_slow=slow)
+        elif not self.clients:
+            self._replay = ReplayBuffer(client.session_id, self._replay_limit)
 
     def disconnect_all(self, code: int, reason: str) -> None:
         clients, self.clients = list(self.clients.values()), {}
         self._replay = None
+        self._slow_replays.clear()
         for client in clients:
             client.disconnect(code, reason)
 

@@ -22,7 +22,9 @@ try:  # orjson parses small headers several times faster than json.
 except ImportError:  # pragma: no cover - orjson is an optional speed-up
     import json as _json
 
-    def loads(data: bytes):
+    def loads(data):
+        if isinstance(data, memoryview):
+            data = bytes(data)
         return _json.loads(data)
 
     def dumps(obj) -> bytes:
@@ -40,14 +42,20 @@ class MalformedMessage(ValueError):
 class KernelMessage:
     """A kernel message with its JSON parts still as bytes.
 
-    ``parts`` is ``[header, parent_header, metadata, content, *buffers]``;
-    ``msg_id``/``msg_type``/``parent_id`` come from parsing only the two
-    headers, which is all routing needs.  ``encoded`` caches the frame built
-    for each WebSocket format, so a message fanned out to many clients is
-    serialized once per format, not once per client.
+    ``parts`` is ``[header, parent_header, metadata, content, *buffers]``, as
+    bytes -- except that large content and buffers from a kernel may be
+    ``memoryview``\\ s of ZeroMQ's buffers (never copied on the way through);
+    every consumer here accepts either.  ``msg_id``/``msg_type``/``parent_id``
+    come from parsing only the two headers, which is all routing needs.
+    ``encoded`` caches the frame built for each WebSocket format, so a message
+    fanned out to many clients is serialized once per format, not once per
+    client.  ``execution_state`` is set for iopub ``status`` messages (their
+    content is small and parsed once, for the kernel's state and the rate
+    limits).
     """
 
-    __slots__ = ("channel", "signature", "parts", "msg_id", "msg_type", "parent_id", "encoded")
+    __slots__ = ("channel", "signature", "parts", "msg_id", "msg_type", "parent_id", "encoded",
+                 "execution_state")
 
     def __init__(self, channel: str, signature: bytes, parts: list, msg_id: str, msg_type: str,
                  parent_id: str | None):
@@ -58,6 +66,7 @@ class KernelMessage:
         self.msg_type = msg_type
         self.parent_id = parent_id
         self.encoded: dict = {}
+        self.execution_state: str | None = None
 
     @property
     def size(self) -> int:
@@ -130,4 +139,7 @@ def status_parts(execution_state: str, session: str) -> list:
 def local_message(channel: str, parts: list) -> KernelMessage:
     """Wrap parts jkg built itself (see :func:`status_parts`) for delivery."""
     header = loads(parts[0])
-    return KernelMessage(channel, b"", parts, header["msg_id"], header["msg_type"], None)
+    message = KernelMessage(channel, b"", parts, header["msg_id"], header["msg_type"], None)
+    if message.msg_type == "status":
+        message.execution_state = loads(parts[3]).get("execution_state")
+    return message

@@ -30,9 +30,9 @@ except ImportError:  # pragma: no cover - exercised only without orjson
     _orjson = None
 
 __all__ = [
-    "V1_PROTOCOL", "CHANNELS", "WireError", "IncomingMessage", "encode_v1", "decode_v1",
-    "encode_legacy", "decode_client_v1", "decode_client_legacy_text",
-    "decode_client_legacy_binary", "pack_json",
+    "V1_PROTOCOL", "CHANNELS", "WireError", "IncomingMessage", "encode_v1", "encode_v1_pieces",
+    "decode_v1", "encode_legacy", "encode_legacy_pieces", "decode_client_v1",
+    "decode_client_legacy_text", "decode_client_legacy_binary", "pack_json", "server_frame_header",
 ]
 
 V1_PROTOCOL = "v1.kernel.websocket.jupyter.org"
@@ -152,6 +152,21 @@ def _check_header(header: Any) -> dict:
     return header
 
 
+def encode_v1_pieces(channel: str, parts: Sequence[bytes]) -> list:
+    """:func:`encode_v1` as a list of pieces to be written one after the other (nothing copied).
+
+    The first piece is the offset table and channel name; the others are the parts
+    themselves (bytes or other buffers), so a large message can be written with
+    scatter-gather I/O instead of being joined.
+    """
+    n = len(parts)
+    if n < 4:
+        raise ValueError("a kernel message has at least 4 parts")
+    name = _CHANNEL_BYTES.get(channel) or channel.encode("utf-8")
+    offsets = accumulate((8 * (n + 3), len(name), *map(len, parts)))
+    return [_le_u64s(n + 3).pack(n + 2, *offsets) + name, *parts]
+
+
 def encode_v1(channel: str, parts: Sequence[bytes]) -> bytes:
     """Frame a kernel message for a ``v1.kernel.websocket.jupyter.org`` socket.
 
@@ -160,12 +175,7 @@ def encode_v1(channel: str, parts: Sequence[bytes]) -> bytes:
 
     :raises ValueError: fewer than four parts (not a kernel message).
     """
-    n = len(parts)
-    if n < 4:
-        raise ValueError("a kernel message has at least 4 parts")
-    name = _CHANNEL_BYTES.get(channel) or channel.encode("utf-8")
-    offsets = accumulate((8 * (n + 3), len(name), *map(len, parts)))
-    return b"".join((_le_u64s(n + 3).pack(n + 2, *offsets), name, *parts))
+    return b"".join(encode_v1_pieces(channel, parts))
 
 
 def decode_v1(frame: bytes) -> tuple[str, list[bytes]]:
@@ -207,6 +217,17 @@ def encode_legacy(channel: str, parts: Sequence[bytes], msg_id: str, msg_type: s
 
     :raises ValueError: fewer than four parts, or too large for 32-bit offsets.
     """
+    pieces, binary = encode_legacy_pieces(channel, parts, msg_id, msg_type)
+    return b"".join(pieces), binary
+
+
+def encode_legacy_pieces(channel: str, parts: Sequence[bytes], msg_id: str,
+                         msg_type: str) -> tuple[list, bool]:
+    """:func:`encode_legacy` as ``(pieces, is_binary)``: pieces to write one after the other.
+
+    The parts appear among the pieces as they are (nothing is copied), so a large message
+    can be written with scatter-gather I/O instead of being joined.
+    """
     if len(parts) < 4:
         raise ValueError("a kernel message has at least 4 parts")
     buffers = parts[4:]
@@ -219,14 +240,14 @@ def encode_legacy(channel: str, parts: Sequence[bytes], msg_id: str, msg_type: s
         b',"parent_header":', parts[1], b',"metadata":', parts[2], b',"content":', parts[3], tail,
     )
     if not buffers:
-        return b"".join(pieces), False
+        return list(pieces), False
     nbufs = 1 + len(buffers)
     offsets = accumulate((4 * (nbufs + 1), sum(map(len, pieces)), *map(len, buffers[:-1])))
     try:
         table = _be_u32s(nbufs + 1).pack(nbufs, *offsets)
     except _StructError:
         raise ValueError("message too large for the legacy binary format") from None
-    return b"".join((table, *pieces, *buffers)), True
+    return [table, *pieces, *buffers], True
 
 
 def decode_client_v1(frame: bytes) -> IncomingMessage:
