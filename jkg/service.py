@@ -156,9 +156,12 @@ def make_gateway_service(config: GatewayConfig, reactor, listen: bool = True) ->
 
     :raises ListenError: for an endpoint string that does not parse.
     """
+    from .systemd import ReadyNotifier
+
     gateway = make_gateway(config, reactor)
     if listen:
         for description in config.endpoints:
             _Listener(description, gateway.site, reactor).setServiceParent(gateway.service)
+    ReadyNotifier().setServiceParent(gateway.service)
     gateway.service.gateway = gateway
     return gateway.service

@@ -118,3 +118,21 @@ def test_sigkilled_gateway_leaves_no_orphan_kernels():
     while [pid for pid in pids if pid_alive(pid)]:
         assert time.monotonic() < deadline, "kernels outlived a SIGKILLed gateway"
         time.sleep(0.1)
+
+
+def test_systemd_readiness_is_notified_after_listening(tmp_path):
+    import os
+    import socket as socketlib
+
+    path = str(tmp_path / "notify.sock")
+    receiver = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM)
+    receiver.bind(path)
+    receiver.settimeout(30)
+    try:
+        with GatewayProcess(env={"NOTIFY_SOCKET": path}) as gateway:
+            message = receiver.recv(4096).decode()
+            assert "READY=1" in message
+            assert gateway.request("GET", "/api").status_code == 200
+        assert "STOPPING=1" in receiver.recv(4096).decode()
+    finally:
+        receiver.close()

@@ -183,3 +183,30 @@ def test_exposure_check():
         check_exposure(GatewayConfig(ip="0.0.0.0"))
     check_exposure(GatewayConfig(ip="0.0.0.0", allow_unauthenticated=True))
     check_exposure(GatewayConfig(ip="0.0.0.0", auth_token="t"))
+
+
+def test_culling_on_a_fake_clock():
+    import datetime
+
+    from jkg.testing import RecordingClient
+
+    clock = Clock()
+    launcher = FakeLauncher()
+    config = GatewayConfig(cull_idle_timeout=60, cull_interval=10)
+    registry = KernelRegistry(launcher, AnsweringChannels, config, clock, environ={"PATH": "/bin"})
+    idle, connected, busy = started(registry, launcher, None, 3)
+    connected.attach(RecordingClient("s"))
+    busy.execution_state = "busy"
+    long_ago = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=120)
+    for kernel in (idle, connected, busy):
+        kernel.last_activity = long_ago
+    registry.startService()
+    try:
+        clock.advance(5)
+        assert len(registry.kernels) == 3  # the first check comes after one interval
+        clock.advance(5)
+        assert set(registry.kernels) == {connected.id, busy.id}
+        assert idle.launched.shutdowns == 1
+    finally:
+        registry._watcher.stop()
+        registry._culler.stop()
