@@ -165,6 +165,8 @@ OPTIONS: tuple[Option, ...] = (
            "and dropped when they die.", ("JKG_EXISTING_DIR",)),
     Option("own_existing", "false", _flag, "DELETE and gateway shutdown stop existing kernels instead of only "
            "detaching from them.", ("JKG_OWN_EXISTING",), flag=True),
+    Option("heartbeat_interval", "5", _non_negative_float, "Seconds between heartbeat pings to every kernel; "
+           "three unanswered in a row mark it dead (0 disables).", ("JKG_HEARTBEAT_INTERVAL",)),
     Option("kernel_poll_interval", "1.0", _positive_float, "Seconds between checks that kernel processes "
            "are alive.", ("JKG_KERNEL_POLL_INTERVAL",)),
     Option("ws_ping_interval", "30", _non_negative_float, "Seconds between WebSocket pings (0 disables).",
@@ -228,6 +230,7 @@ class GatewayConfig:
     existing: tuple[str, ...] = ()
     existing_dir: str = ""
     own_existing: bool = False
+    heartbeat_interval: float = 5.0
     kernel_poll_interval: float = 1.0
     ws_ping_interval: float = 30.0
     ws_ping_timeout: float = 90.0

@@ -210,3 +210,31 @@ def test_culling_on_a_fake_clock():
     finally:
         registry._watcher.stop()
         registry._culler.stop()
+
+
+def test_heartbeat_marks_silent_kernels_dead_and_revives_them():
+    from jkg.testing import RecordingClient
+
+    clock = Clock()
+    launcher = FakeLauncher()
+    registry = KernelRegistry(launcher, AnsweringChannels, GatewayConfig(heartbeat_interval=1), clock,
+                              environ={"PATH": "/bin"})
+    (kernel,) = started(registry, launcher, None)
+    client = RecordingClient("s")
+    kernel.attach(client)
+    registry.startService()
+    try:
+        kernel.channels.heartbeat = False
+        clock.advance(1)
+        clock.advance(1)
+        assert kernel.model()["execution_state"] == "idle"  # two misses are not enough
+        clock.advance(1)
+        assert kernel.model()["execution_state"] == "dead"
+        assert client.delivered[-1].msg_type == "status" and b"dead" in client.delivered[-1].parts[3]
+        kernel.channels.heartbeat = True
+        clock.advance(1)
+        assert kernel.model()["execution_state"] == "idle"
+    finally:
+        for loop in (registry._watcher, registry._culler, registry._heart):
+            if loop.running:
+                loop.stop()

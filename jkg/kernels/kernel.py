@@ -49,6 +49,8 @@ class ManagedKernel:
         self.created = self.last_activity = utcnow()
         self.clients: dict[str, object] = {}
         self.restart_count = 0
+        self.heartbeat_misses = 0
+        self.dead_by_heartbeat = False
         self.busy_with: str | None = None  # "restarting" / "shutting down" while one runs
         self._connect = connect
         self._clock = clock

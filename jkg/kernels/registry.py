@@ -63,6 +63,8 @@ class KernelRegistry(Service):
         self.cull_policy = CullPolicy(config.cull_idle_timeout, config.cull_connected, config.cull_busy)
         self._culler = LoopingCall(self._cull)
         self._culler.clock = clock
+        self._heart = LoopingCall(self._beat)
+        self._heart.clock = clock
         sizes = parse_pool_sizes(config.pool, config.prespawn_count,
                                  config.force_kernel_name or config.default_kernel_name or launcher.specs.default_name)
         self.base_env = kernel_env({}, self._environ, config.env_process_whitelist, config.env_whitelist)
@@ -389,6 +391,38 @@ class KernelRegistry(Service):
             log.info("culling kernel {id}: inactive since {since}", id=kernel.id, since=kernel.last_activity)
         return DeferredList([self.shutdown(kernel.id) for kernel in doomed], consumeErrors=True)
 
+    # -- heartbeat ------------------------------------------------------------
+    def _beat(self) -> Deferred:
+        """Ping every kernel on its hb channel; three misses in a row mean dead (or hung).
+
+        This catches what polling a process cannot: a kernel without a known
+        process (bridged, remote) that died, and a live process that stopped
+        answering.  A kernel that answers again comes back as idle.
+        """
+        timeout = self.config.heartbeat_interval
+        pings = []
+        for kernel in list(self.kernels.values()):
+            ping = getattr(kernel.channels, "ping", None)
+            if ping is None or kernel.busy_with is not None or self._locks[kernel.id].locked \
+                    or kernel.channels.closed:
+                continue
+            pings.append(ping(timeout).addCallback(self._heard, kernel))
+        return DeferredList(pings, consumeErrors=True)
+
+    def _heard(self, answered: bool, kernel: ManagedKernel) -> None:
+        if answered:
+            kernel.heartbeat_misses = 0
+            if kernel.dead_by_heartbeat:
+                kernel.dead_by_heartbeat = False
+                log.info("kernel {id} answers its heartbeat again", id=kernel.id)
+                kernel.broadcast_status("idle")
+            return
+        kernel.heartbeat_misses += 1
+        if kernel.heartbeat_misses >= 3 and not kernel.dead_by_heartbeat and kernel.execution_state != "dead":
+            log.warn("kernel {id} missed {n} heartbeats: dead or hung", id=kernel.id, n=kernel.heartbeat_misses)
+            kernel.dead_by_heartbeat = True
+            kernel.broadcast_status("dead")
+
     # -- crash recovery -------------------------------------------------------
     def _watch(self) -> Deferred:
         checks = [self._check(kernel) for kernel in list(self.kernels.values())
@@ -435,6 +469,8 @@ class KernelRegistry(Service):
         self._watcher.start(self.config.kernel_poll_interval, now=False)
         if self.cull_policy.enabled:
             self._culler.start(self.config.cull_interval, now=False)
+        if self.config.heartbeat_interval:
+            self._heart.start(self.config.heartbeat_interval, now=False)
         if self.pool is not None:
             self._clock.callLater(0, self.pool.refill)  # after the asyncio loop runs
         if self.store is not None:
@@ -445,7 +481,7 @@ class KernelRegistry(Service):
     def stopService(self):  # noqa: N802 - Twisted API
         """Shut every kernel down and fire only when all processes are gone."""
         self._stopping = True
-        for loop in (self._watcher, self._culler):
+        for loop in (self._watcher, self._culler, self._heart):
             if loop.running:
                 loop.stop()
         if self.pool is not None:
