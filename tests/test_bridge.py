@@ -123,3 +123,41 @@ def test_existing_dir_picks_up_and_drops_kernels(tmp_path):
         finally:
             stop(first)
             stop(second)
+
+
+def wait_state(gateway, kernel_id, state, timeout=20):
+    deadline = time.monotonic() + timeout
+    while gateway.request("GET", f"/api/kernels/{kernel_id}").json()["execution_state"] != state:
+        assert time.monotonic() < deadline, f"kernel never became {state}"
+        time.sleep(0.1)
+
+
+def test_a_hung_kernel_is_noticed_through_its_heartbeat(tmp_path):
+    path = tmp_path / "conn.json"
+    outside = start_outside_kernel(path)
+    try:
+        with GatewayProcess("--existing", str(path), "--heartbeat-interval", "0.5") as gateway:
+            kernel_id = kernel_id_for(str(path))
+            wait_listed(gateway, kernel_id)
+            own = gateway.start_kernel()
+            with gateway.connect(kernel_id) as client:
+                os.killpg(outside.pid, signal.SIGSTOP)  # alive, but answering nothing
+                try:
+                    client.wait_for(lambda m: m["msg_type"] == "status"
+                                    and m["content"]["execution_state"] == "dead", timeout=20)
+                    wait_state(gateway, kernel_id, "dead")
+                finally:
+                    os.killpg(outside.pid, signal.SIGCONT)
+                wait_state(gateway, kernel_id, "idle")
+                assert stdout_of(client.run("print('back')")) == "back\n"
+            # kernels jkg started are watched the same way
+            with gateway.connect(own["id"]) as client:
+                pid = int(stdout_of(client.run("import os; print(os.getpid())")))
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                wait_state(gateway, own["id"], "dead")
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            wait_state(gateway, own["id"], "idle")
+    finally:
+        stop(outside)
