@@ -18,8 +18,9 @@ setup(
     install_requires=[
         "twisted[tls]>=24.7",
         "autobahn>=24.4",
-        "txzmq>=1.0",
         "pyzmq>=25",
+        "orjson>=3.8",
+        "msgspec>=0.18",
         "jupyter_client>=8.6",
         "klein>=24.8",
         "service_identity>=24.1",

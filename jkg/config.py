@@ -178,8 +178,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_buffer_limit", str(64 * 1024 * 1024), _non_negative_int, "Bytes of output kept for a "
            "disconnected session, replayed when it reconnects.", ("JKG_REPLAY_BUFFER_LIMIT",)),
     Option("client_buffer_limit", str(16 * 1024 * 1024), _non_negative_int, "Bytes that may wait to be sent to "
-           "one WebSocket client; a client with more waiting is disconnected (code 4008) and its output is kept "
-           "for replay (0 means no limit).", ("JKG_CLIENT_BUFFER_LIMIT",)),
+           "one WebSocket client; beyond that a client that stops reading is disconnected (code 4008) and its "
+           "output kept for replay (0 means no limit).", ("JKG_CLIENT_BUFFER_LIMIT",)),
     Option("iopub_msg_rate_limit", "0", _non_negative_float, "IOPub messages per second a client may get, "
            "averaged over --rate-limit-window, as jupyter_server's (0 disables).",
            ("JKG_IOPUB_MSG_RATE_LIMIT", "KG_IOPUB_MSG_RATE_LIMIT")),

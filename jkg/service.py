@@ -94,8 +94,8 @@ class _ZmqService(Service):
 
 def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     """Build every part of a gateway; nothing listens until the service starts."""
-    # Imported here: txzmq installs the global reactor at import time, so it
-    # must not be imported before the caller has chosen the reactor.
+    # Imported here, not at module level: the web and kernel modules pull in
+    # libraries that may import the global reactor, which the caller chooses first.
     from .auth.lockout import FailureLimiter
     from .auth.realm import make_portal
     from .auth.service import TenantsService

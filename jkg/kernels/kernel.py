@@ -24,6 +24,14 @@ log = Logger()
 MAX_PENDING = 10_000
 #: Sessions dropped for reading too slowly whose output is kept for them at once.
 MAX_SLOW_REPLAYS = 8
+#: iopub flow control (see ManagedKernel._flow_check): stop reading the kernel's
+#: iopub while every client that reads has more than FLOW_HIGH bytes waiting, go on
+#: once one of them is under FLOW_LOW.  A client that took nothing for FLOW_STALL
+#: seconds does not count (it is left to its own buffer limit).
+FLOW_HIGH = 8 * 1024 * 1024
+FLOW_LOW = 2 * 1024 * 1024
+FLOW_STALL = 0.25
+FLOW_POLL = 0.005
 NUDGE_INTERVAL = 0.5
 CLIENT_CHANNELS = frozenset({"shell", "control", "stdin"})
 
@@ -57,6 +65,8 @@ class ManagedKernel:
         self._replay_limit = replay_limit
         self._replay: ReplayBuffer | None = None  # the last client's, while nobody is attached
         self._slow_replays: dict[str, ReplayBuffer] = {}  # sessions dropped for reading too slowly
+        self._flow: dict[str, list] = {}  # session -> [bytes taken, when it last took some]
+        self._flow_paused = None  # the channels whose iopub reading is paused
         self._pending: dict[str, str] = {}  # request msg_id -> session_id
         self._internal: dict[str, Callable[[KernelMessage], None]] = {}
         self._quiet: set[str] = set()  # the gateway's own requests: their iopub stays private
@@ -117,11 +127,67 @@ class ManagedKernel:
             # a copy: a client that turns out too slow detaches during delivery
             for client in list(self.clients.values()):
                 client.deliver(message)
+            if message.channel == "iopub" and self._flow_paused is None:
+                self._flow_check()
         elif self._replay is not None:
             self._replay.append(message)
         if self._slow_replays:
             for replay in self._slow_replays.values():
                 replay.append(message)
+
+    # -- iopub flow control ------------------------------------------------------
+    # The gateway reads a kernel's output at the pace of its fastest client: when
+    # every client that is reading has a backlog, iopub is left in the kernel's
+    # sockets until one catches up, instead of piling up here.  A client that
+    # reads nothing does not hold the others back: it stops counting after
+    # FLOW_STALL seconds, its backlog then grows and its own limit drops it.
+    # Clients tell their backlog through an optional ``outgoing()`` ->
+    # ``(bytes waiting, bytes taken so far)``; without it there is no flow control.
+
+    def _flow_levels(self) -> dict | None:
+        """session -> bytes waiting, for the clients still reading; None if one cannot tell."""
+        now = self._clock.seconds()
+        flow = self._flow
+        levels = {}
+        for session_id, client in self.clients.items():
+            outgoing = getattr(client, "outgoing", None)
+            if outgoing is None:
+                return None
+            waiting, taken = outgoing()
+            seen = flow.get(session_id)
+            if seen is None or taken != seen[0]:
+                flow[session_id] = [taken, now]
+            elif now - seen[1] > FLOW_STALL:
+                continue  # not reading: does not count
+            levels[session_id] = waiting
+        return levels
+
+    def _flow_check(self) -> None:
+        for client in self.clients.values():  # cheap way out: someone keeps up
+            outgoing = getattr(client, "outgoing", None)
+            if outgoing is None or outgoing()[0] <= FLOW_HIGH:
+                return
+        levels = self._flow_levels()
+        if levels and min(levels.values()) > FLOW_HIGH:
+            pause = getattr(self.channels, "pause_iopub", None)
+            if pause is not None:
+                pause()
+                self._flow_paused = self.channels
+                self._clock.callLater(FLOW_POLL, self._flow_poll)
+
+    def _flow_poll(self) -> None:
+        channels = self._flow_paused
+        if channels is None:
+            return
+        if channels is not self.channels:  # reconnected meanwhile: the new sockets read
+            self._flow_paused = None
+            return
+        levels = self._flow_levels() if self.clients else None
+        if not levels or min(levels.values()) < FLOW_LOW:
+            self._flow_paused = None
+            channels.resume_iopub()
+        else:
+            self._clock.callLater(FLOW_POLL, self._flow_poll)
 
     def _deliver_to_session(self, session_id: str, message: KernelMessage) -> None:
         client = self.clients.get(session_id)
@@ -187,6 +253,7 @@ class ManagedKernel:
         if self.clients.get(client.session_id) is not client:
             return
         del self.clients[client.session_id]
+        self._flow.pop(client.session_id, None)
         if self.busy_with == "shutting down":
             return
         slow = getattr(client, "dropped_as_slow", 0)
@@ -202,6 +269,7 @@ class ManagedKernel:
         clients, self.clients = list(self.clients.values()), {}
         self._replay = None
         self._slow_replays.clear()
+        self._flow.clear()
         for client in clients:
             client.disconnect(code, reason)
 

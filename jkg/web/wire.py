@@ -29,6 +29,15 @@ try:  # optional, and only used where it cannot change the result
 except ImportError:  # pragma: no cover - exercised only without orjson
     _orjson = None
 
+try:  # optional: a strict, exact decoder (ints of any size stay ints) 4x faster than json
+    import msgspec as _msgspec
+
+    _fast_loads = _msgspec.json.Decoder().decode
+    _FAST_ERRORS: tuple = (_msgspec.DecodeError, _msgspec.ValidationError, ValueError, RecursionError)
+except ImportError:  # pragma: no cover - exercised only without msgspec
+    _fast_loads = None
+    _FAST_ERRORS = ()
+
 __all__ = [
     "V1_PROTOCOL", "CHANNELS", "WireError", "IncomingMessage", "encode_v1", "encode_v1_pieces",
     "decode_v1", "encode_legacy", "encode_legacy_pieces", "decode_client_v1",
@@ -293,7 +302,17 @@ def _from_legacy(msg: Any, buffers: list[bytes]) -> IncomingMessage:
 
 
 def _loads_message(data: str | bytes | memoryview) -> Any:
-    """Full parse with :mod:`json`: the dicts are re-packed, so the parse must be exact."""
+    """Full parse: the dicts are re-packed, so the parse must be exact.
+
+    msgspec (when installed) parses strict JSON exactly, big integers included; whatever
+    it refuses (NaN, lone surrogates, numbers beyond float range, deep nesting) is left to
+    :mod:`json`, so the result -- or the refusal -- is always json's.
+    """
+    if _fast_loads is not None:
+        try:
+            return _fast_loads(data)
+        except _FAST_ERRORS:
+            pass
     try:
         return _loads_stdlib(data)
     except UnicodeDecodeError:

@@ -1,0 +1,355 @@
+"""Slow clients, the replay buffer's bounds, iopub flow control and rate limits.
+
+Unit tests drive the kernel's routing and the protocol's bookkeeping with
+fakes and a fake clock; the end-to-end tests use a real gateway, real kernels
+and real WebSockets on 127.0.0.1 (no timing is asserted: a stalled client is
+simply one that never reads).
+"""
+import json
+import struct
+
+import pytest
+import websocket
+from twisted.internet.task import Clock
+
+from jkg.kernels import kernel as kernel_module
+from jkg.kernels.kernel import ManagedKernel
+from jkg.kernels.messages import KernelMessage
+from jkg.testing import FakeChannels, FakeLaunchedKernel, RecordingClient
+from jkg.web.channels import Backlog, IOPubRateLimit
+from support import GatewayProcess, stdout_of
+
+# ---------------------------------------------------------------- unit: the backlog rule
+
+
+def test_a_client_that_reads_may_fall_behind_but_not_without_bound():
+    backlog = Backlog(1000)
+    assert backlog.check(0) is None and backlog.check(1000) is None
+    backlog.appended = 10_000
+    # over the limit but taking bytes every time: allowed, up to the hard bound
+    for waiting in range(1500, 7500, 500):
+        backlog.appended += 600  # 600 in, 500 more waiting: 100 taken
+        assert backlog.check(waiting) is None
+    backlog.appended += 2000
+    assert "8000 bytes" in backlog.check(8000)
+
+
+def test_a_client_that_stops_reading_is_refused_after_another_limit():
+    backlog = Backlog(1000)
+    backlog.appended = 1500
+    assert backlog.check(1500) is None  # nothing taken yet: the mark
+    backlog.appended = 2000
+    assert backlog.check(2000) is None
+    backlog.appended = 2500
+    assert backlog.check(2500) == "client too slow: outgoing buffer over 1000 bytes and not read"
+
+
+def test_no_limit_means_no_refusal():
+    backlog = Backlog(0)
+    backlog.appended = 10 ** 12
+    assert backlog.check(10 ** 12) is None
+
+
+# ---------------------------------------------------------------- unit: replay of dropped slow sessions
+
+
+def make_kernel(replay_limit=1_000_000, channels=FakeChannels):
+    clock = Clock()
+    return ManagedKernel("k1", "python3", FakeLaunchedKernel(), channels, clock, replay_limit), clock
+
+
+def iopub(n: int, size: int = 100) -> KernelMessage:
+    header = {"msg_id": f"m{n}", "msg_type": "stream"}
+    parts = [json.dumps(header).encode(), b"{}", b"{}", json.dumps({"n": n, "text": "y" * size}).encode()]
+    return KernelMessage("iopub", b"", parts, header["msg_id"], "stream", None)
+
+
+class SlowClient(RecordingClient):
+    """A client the protocol disconnected for reading too slowly."""
+
+    def __init__(self, session_id, limit):
+        super().__init__(session_id)
+        self.dropped_as_slow = limit
+
+
+def test_output_of_a_dropped_slow_session_is_kept_while_others_stay():
+    kernel, _ = make_kernel()
+    fast, slow = RecordingClient("fast"), SlowClient("slow", 700)
+    kernel.attach(fast)
+    kernel.attach(slow)
+    kernel.detach(slow)
+    for n in range(20):
+        kernel.channels.on_message(iopub(n))
+    assert len(fast.delivered) == 20
+    back = RecordingClient("slow")
+    kernel.attach(back)
+    notice = json.loads(back.delivered[0].parts[3])
+    assert notice["name"] == "stderr" and "did not read its output fast enough" in notice["text"]
+    assert "dropped" in notice["text"]  # 20 messages do not fit in 700 bytes
+    kept = back.delivered[1:]
+    assert 0 < sum(m.size for m in kept) <= 700  # bounded by the client's buffer limit
+    assert json.loads(kept[-1].parts[3])["n"] == 19
+    # another session arriving does not take it, and it is gone once replayed
+    other = RecordingClient("other")
+    kernel.attach(other)
+    assert other.delivered == []
+
+
+def test_slow_replays_are_bounded_by_the_replay_limit_and_in_number():
+    kernel, _ = make_kernel(replay_limit=300)
+    kernel.attach(RecordingClient("stays"))
+    for n in range(kernel_module.MAX_SLOW_REPLAYS + 3):
+        client = SlowClient(f"s{n}", 10 ** 9)
+        kernel.attach(client)
+        kernel.detach(client)
+    assert len(kernel._slow_replays) == kernel_module.MAX_SLOW_REPLAYS
+    assert all(replay.limit == 300 for replay in kernel._slow_replays.values())
+
+
+def test_replies_to_a_dropped_slow_session_wait_for_it():
+    from jkg.web.wire import IncomingMessage
+
+    kernel, _ = make_kernel()
+    kernel.attach(RecordingClient("stays"))
+    slow = SlowClient("slow", 10_000)
+    kernel.attach(slow)
+    header = {"msg_id": "req", "msg_type": "execute_request"}
+    kernel.send(slow, IncomingMessage("shell", header, [json.dumps(header).encode(), b"{}", b"{}", b"{}"]))
+    kernel.detach(slow)
+    reply = KernelMessage("shell", b"", [b'{"msg_id":"r","msg_type":"execute_reply"}', b'{"msg_id":"req"}',
+                                         b"{}", b"{}"], "r", "execute_reply", "req")
+    kernel.channels.on_message(reply)
+    back = RecordingClient("slow")
+    kernel.attach(back)
+    assert reply in back.delivered
+
+
+# ---------------------------------------------------------------- unit: iopub flow control
+
+
+class PausableChannels(FakeChannels):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.paused = False
+        self.pauses = 0
+
+    def pause_iopub(self):
+        self.paused = True
+        self.pauses += 1
+
+    def resume_iopub(self):
+        self.paused = False
+
+
+class Reader(RecordingClient):
+    """A client whose backlog the test sets: ``waiting`` bytes, ``taken`` so far."""
+
+    def __init__(self, session_id):
+        super().__init__(session_id)
+        self.waiting = self.taken = 0
+
+    def outgoing(self):
+        return self.waiting, self.taken
+
+
+def test_iopub_is_paused_while_every_reading_client_is_behind():
+    kernel, clock = make_kernel(channels=PausableChannels)
+    a, b = Reader("a"), Reader("b")
+    kernel.attach(a)
+    kernel.attach(b)
+    a.waiting = kernel_module.FLOW_HIGH + 1
+    kernel.channels.on_message(iopub(1))
+    assert not kernel.channels.paused  # b keeps up
+    b.waiting = kernel_module.FLOW_HIGH + 1
+    kernel.channels.on_message(iopub(2))
+    assert kernel.channels.paused
+    for _ in range(3):  # both still behind, both reading
+        a.taken += 1
+        b.taken += 1
+        clock.advance(kernel_module.FLOW_POLL)
+    assert kernel.channels.paused
+    b.waiting = kernel_module.FLOW_LOW - 1
+    clock.advance(kernel_module.FLOW_POLL)
+    assert not kernel.channels.paused
+
+
+def test_a_client_that_reads_nothing_does_not_hold_the_kernel_back():
+    kernel, clock = make_kernel(channels=PausableChannels)
+    stalled = Reader("stalled")
+    kernel.attach(stalled)
+    stalled.waiting = kernel_module.FLOW_HIGH + 1
+    kernel.channels.on_message(iopub(1))
+    assert kernel.channels.paused
+    steps = int(kernel_module.FLOW_STALL / kernel_module.FLOW_POLL) + 2
+    for _ in range(steps):
+        clock.advance(kernel_module.FLOW_POLL)
+    assert not kernel.channels.paused  # it took nothing: it no longer counts
+    kernel.channels.on_message(iopub(2))
+    assert not kernel.channels.paused and kernel.channels.pauses == 1
+
+
+def test_clients_that_cannot_tell_their_backlog_are_never_held_back():
+    kernel, _ = make_kernel(channels=PausableChannels)
+    kernel.attach(RecordingClient("plain"))
+    kernel.channels.on_message(iopub(1))
+    assert not kernel.channels.paused
+
+
+# ---------------------------------------------------------------- unit: rate limits
+
+
+class Now:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def status(state):
+    message = KernelMessage("iopub", b"", [b"{}", b"{}", b"{}", b"{}"], "s", "status", None)
+    message.execution_state = state
+    return message
+
+
+def test_message_rate_limit_warns_once_drops_and_resumes_below_80_percent():
+    now = Now()
+    limit = IOPubRateLimit(msg_rate=10, data_rate=0, window=1, clock=now)
+    results = [limit.admit(iopub(n)) for n in range(15)]
+    assert all(send for send, _ in results[:10])
+    send, warning = results[10]
+    assert not send and warning.startswith("IOPub message rate exceeded")
+    assert all(not send and warning is None for send, warning in results[11:])
+    # exempt types still pass
+    assert limit.admit(KernelMessage("iopub", b"", [b"{}"] * 4, "x", "execute_input", None)) == (True, None)
+    now.t += 1.01  # the window has passed: nothing counted any more
+    assert limit.admit(iopub(99)) == (True, None)
+    assert not limit.msgs_exceeded
+
+
+def test_data_rate_counts_only_stream_output_and_idle_resets_everything():
+    now = Now()
+    limit = IOPubRateLimit(msg_rate=0, data_rate=1000, window=1, clock=now)
+    display = KernelMessage("iopub", b"", [b"{}", b"{}", b"{}", b"x" * 5000], "d", "display_data", None)
+    assert limit.admit(display) == (True, None)  # not stream: no bytes counted
+    assert limit.admit(iopub(0, size=850)) == (True, None)
+    send, warning = limit.admit(iopub(1, size=2000))
+    assert not send and warning.startswith("IOPub data rate exceeded")
+    assert limit.admit(iopub(2, size=10)) == (False, None)  # still over 80 % of the limit
+    assert limit.admit(status("idle")) == (True, None)
+    assert limit.admit(iopub(3, size=10)) == (True, None)
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def _close_code(client, limit_frames: int = 10_000):
+    """Read a client's frames until the close frame; return (code, reason, data frames read)."""
+    count = 0
+    for _ in range(limit_frames):
+        opcode, data = client.ws.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            code = struct.unpack(">H", data[:2])[0] if len(data) >= 2 else None
+            return code, data[2:].decode("utf-8", "replace"), count
+        if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+            count += 1
+    raise AssertionError("no close frame")
+
+
+LIMIT = 4 * 1024 * 1024
+OUTPUTS = 96
+CHUNK = 256 * 1024
+# paced, so that a reader is never far behind; the stalled client falls behind regardless
+FLOOD = (f"import time\nfrom IPython.display import display\n_s = 'x' * {CHUNK}\n"
+         f"for i in range({OUTPUTS}):\n    display({{'text/plain': _s}}, raw=True)\n    time.sleep(0.01)\n")
+
+
+@pytest.fixture(scope="module")
+def small_buffers():
+    with GatewayProcess("--client-buffer-limit", str(LIMIT)) as gateway:
+        yield gateway
+
+
+def test_a_stalled_client_is_dropped_and_the_others_get_everything(small_buffers):
+    gateway = small_buffers
+    kernel = gateway.start_kernel()
+    try:
+        stalled = gateway.connect(kernel["id"], session_id="stalled", v1=True)  # and never reads
+        with gateway.connect(kernel["id"], v1=True) as reader:
+            messages = reader.run(FLOOD, timeout=120)
+            outputs = [m for m in messages if m["msg_type"] == "display_data"]
+            assert len(outputs) == OUTPUTS
+            assert all(len(m["content"]["data"]["text/plain"]) == CHUNK for m in outputs)
+            assert gateway.request("GET", f"/api/kernels/{kernel['id']}").json()["connections"] == 1
+        code, reason, read = _close_code(stalled)
+        assert code == 4008 and reason.startswith(f"client too slow: outgoing buffer over {LIMIT} bytes")
+        assert read < OUTPUTS  # what was waiting for it was dropped, not sent later
+        stalled.close()
+
+        # it comes back: first the notice, then (bounded) what it missed since
+        with gateway.connect(kernel["id"], session_id="stalled", v1=True) as back:
+            notice = back.recv(30)
+            assert notice["msg_type"] == "stream" and notice["content"]["name"] == "stderr"
+            assert "did not read its output fast enough" in notice["content"]["text"]
+            replayed = []
+            while True:
+                msg = back.recv(30)
+                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    break
+                replayed.append(msg)
+            size = sum(len(m["content"].get("data", {}).get("text/plain", "")) for m in replayed)
+            assert size <= LIMIT
+            assert stdout_of(back.run("print('still here')")) == "still here\n"
+    finally:
+        gateway.request("DELETE", f"/api/kernels/{kernel['id']}")
+
+
+def test_one_print_reaches_many_clients_with_the_same_bytes(gateway):
+    kernel = gateway.start_kernel()
+    clients = []
+    try:
+        for n in range(40):
+            clients.append(gateway.connect(kernel["id"], v1=bool(n % 2)))
+        msg_id = clients[0].execute("print('to everyone')")
+        frames = {False: set(), True: set()}
+        for client in clients:
+            while True:
+                opcode, data = client.ws.recv_data()
+                raw = bytes(data)
+                msg = client.v1 and _v1_message(raw) or (json.loads(raw) if opcode == 1 else None)
+                if msg and msg["msg_type"] == "stream" and msg["parent_header"].get("msg_id") == msg_id:
+                    frames[client.v1].add(raw)
+                    assert msg["content"]["text"] == "to everyone\n"
+                    break
+        # encoded once per format: every client of a format got the very same bytes
+        assert len(frames[False]) == 1 and len(frames[True]) == 1
+    finally:
+        for client in clients:
+            client.close()
+        gateway.request("DELETE", f"/api/kernels/{kernel['id']}")
+
+
+def _v1_message(raw: bytes) -> dict:
+    from jkg.web.wire import decode_v1
+
+    channel, parts = decode_v1(raw)
+    return {"channel": channel, "msg_type": json.loads(parts[0])["msg_type"],
+            "parent_header": json.loads(parts[1]), "content": json.loads(parts[3])}
+
+
+def test_iopub_rate_limits_when_enabled():
+    with GatewayProcess("--iopub-msg-rate-limit", "50", "--rate-limit-window", "1") as gateway:
+        kernel = gateway.start_kernel()
+        try:
+            with gateway.connect(kernel["id"]) as client:
+                code = "from IPython.display import display\nfor i in range(2000):\n    display(i)\n"
+                messages = client.run(code, timeout=120)
+                warnings = [m for m in messages if m["msg_type"] == "stream"
+                            and "IOPub message rate exceeded" in m["content"]["text"]]
+                shown = [m for m in messages if m["msg_type"] == "display_data"]
+                assert warnings and all(m["content"]["name"] == "stderr" for m in warnings)
+                assert len(shown) < 2000
+                # the next cell starts afresh (status: idle resets the counters)
+                assert stdout_of(client.run("print('after')")) == "after\n"
+        finally:
+            gateway.request("DELETE", f"/api/kernels/{kernel['id']}")

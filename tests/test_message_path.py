@@ -1,0 +1,423 @@
+"""The message path: jkg's ZMTP connections against libzmq, signatures, and byte-exact forwarding.
+
+libzmq (through pyzmq) plays the kernel: if jkg's own ZMTP client gets a frame
+wrong, libzmq refuses it or delivers something else.  These run in-process on
+pytest-twisted's asyncio reactor, with real sockets on 127.0.0.1; every wait is
+bounded.
+"""
+import json
+import socket
+import struct
+import time
+
+import pytest
+import pytest_twisted
+import zmq
+from jupyter_client.session import Session
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from jkg.kernels import channels as zmtp
+from jkg.kernels.channels import KernelChannels, Signer, ZmtpConnection, make_factory
+from jkg.kernels.messages import DELIMITER, parse_kernel_frames
+from jkg.web.channels import _encode_legacy, _encode_v1
+
+try:
+    from jupyter_server.services.kernels.connection.base import serialize_msg_to_ws_v1
+except ImportError:  # pragma: no cover
+    serialize_msg_to_ws_v1 = None
+
+BIG = bytes(range(256)) * (3 * 1024 * 1024 // 256 + 7)  # > 3 MB, received into its own buffer
+
+
+def ws_payload(frame: bytes) -> tuple[int, bytes]:
+    """(opcode, payload) of one unmasked server frame."""
+    length = frame[1] & 0x7F
+    start = 2 if length < 126 else 4 if length == 126 else 10
+    return frame[0] & 0x0F, frame[start:]
+
+
+async def until(predicate, what: str, timeout: float = 20.0, step: float = 0.01):
+    """Let the reactor run until ``predicate()`` is true (bounded)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await deferLater(reactor, step, lambda: None)
+
+
+async def recv_zmq(sock, timeout: float = 20.0):
+    """A multipart message from a pyzmq socket without blocking the reactor."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            assert time.monotonic() < deadline, "timed out waiting for libzmq"
+            await deferLater(reactor, 0.01, lambda: None)
+
+
+@pytest.fixture
+def zctx():
+    context = zmq.Context()
+    ours = make_factory(reactor)
+    yield context, ours
+    ours.shutdown()
+    context.destroy(linger=0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_dealer_and_libzmq_router_exchange_frames_exactly(zctx):
+    context, ours = zctx
+    router = context.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    got = []
+    ready = []
+    dealer = ZmtpConnection(ours, b"DEALER", f"tcp://127.0.0.1:{port}", got.append, identity=b"jkg-id",
+                            on_ready=lambda: ready.append(True))
+    frames = [b"", b"small", BIG, b"\x00" * 300, "é🎉".encode(), b"last"]
+    dealer.send(frames)  # may be queued: the handshake is not done yet
+    identity, *received = await recv_zmq(router)
+    assert identity == b"jkg-id" and received == frames
+    assert ready == [True]
+
+    router.send_multipart([identity, b"reply", BIG[:70000], b""])
+    await until(lambda: got, "the reply")
+    assert [bytes(part) for part in got[0]] == [b"reply", BIG[:70000], b""]
+    # a large part arrives as a view of a buffer of its own, not a copy
+    assert isinstance(got[0][1], memoryview)
+    dealer.close()
+    router.close(linger=0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ipc_transport(zctx, tmp_path):
+    context, ours = zctx
+    router = context.socket(zmq.ROUTER)
+    path = str(tmp_path / "kernel-5555")
+    router.bind(f"ipc://{path}")
+    got = []
+    dealer = ZmtpConnection(ours, b"DEALER", f"ipc://{path}", got.append, identity=b"ipc")
+    dealer.send([b"over", b"unix"])
+    assert await recv_zmq(router) == [b"ipc", b"over", b"unix"]
+    router.send_multipart([b"ipc", b"back"])
+    await until(lambda: got, "the answer")
+    assert got == [[b"back"]]
+    dealer.close()
+    router.close(linger=0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sub_gets_every_message_of_a_libzmq_pub_in_order(zctx):
+    context, ours = zctx
+    pub = context.socket(zmq.XPUB)  # as ipykernel's iopub
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    got = []
+    sub = ZmtpConnection(ours, b"SUB", f"tcp://127.0.0.1:{port}", got.append, subscribe=True)
+    assert (await recv_zmq(pub)) == [b"\x01"]  # subscribed to everything
+    sent = []
+    for n in range(300):
+        parts = [b"topic", str(n).encode(), BIG[: (n % 7) * 40000]]
+        sent.append(parts)
+        pub.send_multipart(parts)
+    await until(lambda: len(got) == len(sent), "300 messages")
+    assert [[bytes(p) for p in message] for message in got] == sent
+    sub.close()
+    pub.close(linger=0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_sent_before_the_kernel_listens_wait_and_go_out(zctx):
+    context, ours = zctx
+    port = _free_port()
+    dealer = ZmtpConnection(ours, b"DEALER", f"tcp://127.0.0.1:{port}", lambda frames: None, identity=b"early")
+    dealer.send([b"one"])
+    dealer.send([b"two", b"parts"])
+    await deferLater(reactor, 0.1, lambda: None)  # a few refused connection attempts
+    router = context.socket(zmq.ROUTER)
+    router.bind(f"tcp://127.0.0.1:{port}")
+    assert await recv_zmq(router) == [b"early", b"one"]
+    assert await recv_zmq(router) == [b"early", b"two", b"parts"]
+    dealer.close()
+    router.close(linger=0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_that_is_not_zmtp_is_dropped_and_tried_again(zctx):
+    _, ours = zctx
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.setblocking(False)
+    accepted = []
+
+    def accept_and_babble():
+        try:
+            conn, _ = server.accept()
+        except BlockingIOError:
+            return
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n" + b"x" * 100)
+        accepted.append(conn)
+
+    got = []
+    dealer = ZmtpConnection(ours, b"DEALER", f"tcp://127.0.0.1:{server.getsockname()[1]}", got.append)
+
+    async def two_attempts():
+        deadline = time.monotonic() + 20
+        while len(accepted) < 2:
+            assert time.monotonic() < deadline, "no second attempt"
+            accept_and_babble()
+            await deferLater(reactor, 0.01, lambda: None)
+
+    await two_attempts()
+    assert got == [] and not dealer.ready
+    dealer.close()
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_heartbeat_ping_is_answered_by_an_echo_and_times_out_without_one(zctx):
+    context, ours = zctx
+    echo = context.socket(zmq.ROUTER)  # ipykernel's heartbeat is a ROUTER echo device
+    hb_port = echo.bind_to_random_port("tcp://127.0.0.1")
+    info = {"transport": "tcp", "ip": "127.0.0.1", "key": b"k", "signature_scheme": "hmac-sha256",
+            "hb_port": hb_port, **{f"{c}_port": _free_port() for c in ("shell", "iopub", "stdin", "control")}}
+    channels = KernelChannels(ours, info, lambda message: None)
+    answered = channels.ping(20)
+    echo.send_multipart(await recv_zmq(echo))
+    assert await answered is True
+    assert await channels.ping(0.2) is False  # nobody echoes this one
+    channels.close()
+    echo.close(linger=0)
+
+
+class FakeKernel:
+    """A kernel's four ports, bound by pyzmq, that signs like a kernel."""
+
+    def __init__(self, context, key=b"secret-key"):
+        self.session = Session(key=key)
+        self.iopub = context.socket(zmq.XPUB)
+        self.shell = context.socket(zmq.ROUTER)
+        self.info = {"transport": "tcp", "ip": "127.0.0.1", "key": key, "signature_scheme": "hmac-sha256",
+                     "iopub_port": self.iopub.bind_to_random_port("tcp://127.0.0.1"),
+                     "shell_port": self.shell.bind_to_random_port("tcp://127.0.0.1")}
+        self.others = []
+        for channel in ("stdin", "control"):
+            other = context.socket(zmq.ROUTER)
+            self.info[f"{channel}_port"] = other.bind_to_random_port("tcp://127.0.0.1")
+            self.others.append(other)
+
+    def frames(self, msg_type, content, buffers=()):
+        msg = self.session.msg(msg_type, content)
+        msg["buffers"] = list(buffers)
+        return self.session.serialize(msg)
+
+    def close(self):
+        for sock in (self.iopub, self.shell, *self.others):
+            sock.close(linger=0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_correctly_signed_kernel_messages_get_through(zctx):
+    context, ours = zctx
+    kernel = FakeKernel(context)
+    got = []
+    channels = KernelChannels(ours, kernel.info, got.append)
+    await until(lambda: channels.all_connected, "all four handshakes")
+    await recv_zmq(kernel.iopub)  # the subscription
+    good = kernel.frames("display_data", {"data": {"text/plain": "x" * 100_000}}, [BIG, b""])
+    forged = list(good)
+    forged[1] = b"0" * 64  # the signature
+    kernel.iopub.send_multipart([b"topic", *forged])
+    kernel.iopub.send_multipart([b"topic", *good])
+    await until(lambda: got, "the signed message")
+    await deferLater(reactor, 0.1, lambda: None)
+    assert len(got) == 1
+    message = got[0]
+    assert message.channel == "iopub" and message.msg_type == "display_data"
+    assert [bytes(part) for part in message.parts] == [bytes(part) for part in good[2:]]
+    channels.close()
+    kernel.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_are_signed_from_their_bytes_and_replies_routed_by_identity(zctx):
+    context, ours = zctx
+    kernel = FakeKernel(context)
+    got = []
+    channels = KernelChannels(ours, kernel.info, got.append)
+    parts = [json.dumps({"msg_id": "m1", "msg_type": "kernel_info_request", "session": "s", "username": "u",
+                         "date": "2026-01-01T00:00:00Z", "version": "5.3"}).encode(), b"{}", b"{}", b"{}"]
+    channels.send("shell", parts)
+    identity, *frames = await recv_zmq(kernel.shell)
+    assert identity == channels.identity
+    _, msg_list = kernel.session.feed_identities(frames)
+    request = kernel.session.deserialize(msg_list)  # checks our signature
+    assert request["header"]["msg_id"] == "m1"
+    reply = kernel.session.msg("kernel_info_reply", {"status": "ok"}, parent=request["header"])
+    kernel.shell.send_multipart([identity, *kernel.session.serialize(reply)])
+    await until(lambda: got, "the reply")
+    assert got[0].channel == "shell" and got[0].parent_id == "m1"
+    channels.close()
+    kernel.close()
+
+
+def test_signer_matches_jupyter_clients_session():
+    session = Session(key=b"abc")
+    parts = [b'{"a": 1}', b"{}", b"{}", "é".encode()]
+    assert Signer(b"abc").sign(parts) == session.sign(parts)
+    assert Signer(b"abc", "hmac-sha512").sign(parts) == Session(key=b"abc", signature_scheme="hmac-sha512").sign(parts)
+    assert Signer(b"").sign(parts) == b""
+
+
+@pytest.mark.skipif(serialize_msg_to_ws_v1 is None, reason="jupyter_server not installed")
+@pytest.mark.parametrize("buffers", [[], [b"\x00\x01", b""], [BIG]])
+def test_forwarded_v1_frames_are_what_jupyter_server_sends(buffers):
+    """A kernel message goes out byte for byte as jupyter_server's v1 serializer would write it."""
+    session = Session(key=b"k")
+    msg = session.msg("comm_msg", {"data": {"é": "🎉", "n": 1.5}})
+    msg["buffers"] = buffers
+    frames = [b"comm-topic", *session.serialize(msg)]
+    message = parse_kernel_frames("iopub", frames)
+    opcode, payload = ws_payload(b"".join(bytes(p) for p in _encode_v1(message).pieces))
+    assert opcode == 2
+    expected = serialize_msg_to_ws_v1(frames[3:], "iopub")  # jupyter_server relays the raw parts
+    assert payload == expected
+
+
+def test_forwarded_legacy_json_has_jupyter_servers_content():
+    session = Session(key=b"k")
+    msg = session.msg("stream", {"name": "stdout", "text": 'quote " backslash \\ é 🎉 \u2028'})
+    frames = session.serialize(msg)
+    message = parse_kernel_frames("iopub", frames)
+    opcode, body = ws_payload(b"".join(bytes(p) for p in _encode_legacy(message).pieces))
+    assert opcode == 1  # one text frame
+    sent = json.loads(body)
+    deserialized = session.deserialize(session.feed_identities(frames)[1])
+    assert sent["content"] == deserialized["content"]
+    assert sent["header"]["msg_id"] == sent["msg_id"] == deserialized["header"]["msg_id"]
+    assert sent["channel"] == "iopub" and sent["buffers"] == []
+    # the kernel's JSON bytes are spliced in as they are, not re-encoded
+    assert frames[5] in body and frames[2] in body
+
+
+def test_zmtp_frame_headers():
+    assert zmtp._frame_header(0, 0) == b"\x00\x00"
+    assert zmtp._frame_header(255, zmtp._MORE) == b"\x01\xff"
+    assert zmtp._frame_header(256, 0) == b"\x02" + struct.pack(">Q", 256)
+    ready = zmtp._ready(b"DEALER", b"id")
+    assert ready[0] == zmtp._COMMAND and ready[2:8] == b"\x05READY"
+    assert zmtp._parse_properties(ready[8:]) == {"socket-type": b"DEALER", "identity": b"id"}
+
+
+def test_buffer_pool_reuses_a_buffer_only_when_no_view_is_alive():
+    pool = zmtp.BufferPool(keep=2)
+    view = memoryview(pool.get(1_000_000))[:1_000_000].toreadonly()
+    first = id(view.obj)
+    assert id(pool.get(1_000_000)) != first  # still in use
+    del view
+    assert id(pool.get(900_000)) == first
+
+
+
+# ---------------------------------------------------------------- client frames: the fast path vs autobahn
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from twisted.internet.testing import StringTransport  # noqa: E402
+
+from jkg.config import GatewayConfig  # noqa: E402
+from jkg.web import channels as web_channels  # noqa: E402
+
+
+class _Registry:
+    def attach(self, kernel_id, client):
+        pass
+
+    def detach(self, kernel_id, client):
+        pass
+
+    def send(self, kernel_id, client, message):
+        pass
+
+
+class _Recording(web_channels.ChannelsProtocol):
+    def onMessage(self, payload, isBinary):  # noqa: N802,N803
+        self.got.append((bytes(payload), isBinary))
+
+
+def _open_protocol(max_size=0):
+    factory = web_channels.make_channels_factory(_Registry(), GatewayConfig(max_message_size=max_size,
+                                                                            ws_ping_interval=0))
+    factory.protocol = _Recording
+    protocol = factory.buildProtocol(None)
+    protocol.got = []
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    assert protocol.state == web_channels._OPEN
+    transport.clear()
+    return protocol, transport
+
+
+def client_frame(opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"\x01\x80\xfe\x7f") -> bytes:
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + masked
+
+
+messages = st.lists(st.tuples(st.sampled_from([1, 2]), st.binary(max_size=300), st.integers(1, 3),
+                              st.booleans()), max_size=8)
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(messages, st.lists(st.integers(1, 400), max_size=20), st.binary(min_size=4, max_size=4))
+def test_client_frames_arrive_whole_however_the_stream_is_cut(msgs, cuts, mask):
+    protocol, transport = _open_protocol()
+    stream, expected, pings = b"", [], 0
+    for opcode, payload, fragments, ping in msgs:
+        pieces = [payload[i::fragments] for i in range(fragments)] if fragments > 1 else [payload]
+        for index, piece in enumerate(pieces):
+            stream += client_frame(opcode if index == 0 else 0, piece, fin=index == len(pieces) - 1, mask=mask)
+            if ping and index == 0:
+                stream += client_frame(9, b"hi", mask=mask)  # control frames may come between fragments
+                pings += 1
+        expected.append((b"".join(pieces), opcode == 2))
+    pos = 0
+    for cut in cuts:
+        protocol.dataReceived(stream[pos:pos + cut])
+        pos += cut
+    protocol.dataReceived(stream[pos:])
+    assert protocol.got == expected
+    assert transport.value().count(b"\x8a\x02hi") == pings  # autobahn answered every ping
+
+
+def test_large_and_oversized_client_frames():
+    protocol, _ = _open_protocol(max_size=200_000)
+    big = bytes(range(256)) * 700  # 179,200 bytes: the 64-bit length form and the vectorised unmasking
+    protocol.dataReceived(client_frame(2, big))
+    assert protocol.got == [(big, True)]
+    protocol.dataReceived(client_frame(2, big + big))  # over the limit: autobahn drops the connection
+    assert protocol.got == [(big, True)] and protocol.state != web_channels._OPEN
+
+
+def test_unmask_matches_the_rfc():
+    mask = b"\x37\xfa\x21\x3d"
+    for size in (0, 1, 3, 4, 5, 4095, 4096, 10_001):
+        data = bytes((i * 7) & 0xFF for i in range(size))
+        assert web_channels._unmask(mask, data) == bytes(b ^ mask[i % 4] for i, b in enumerate(data))
