@@ -24,7 +24,22 @@ from .connection import KernelConnection
 __all__ = ["GatewayChannel", "GatewayHBChannel"]
 
 
-class GatewayChannel:
+class _Switch:
+    """start/stop/is_alive as jupyter_client's channel ABCs expect; the WebSocket does the work."""
+
+    _running = False
+
+    def start(self) -> None:
+        self._running = True
+
+    def stop(self) -> None:
+        self._running = False
+
+    def is_alive(self) -> bool:
+        return self._running
+
+
+class GatewayChannel(_Switch):
     """One of shell, iopub, stdin, control."""
 
     def __init__(self, name: str, connection: KernelConnection):
@@ -35,15 +50,6 @@ class GatewayChannel:
         connection.add_sink(name, self._messages.append)
 
     # -- ChannelABC ----------------------------------------------------------------------
-    def start(self) -> None:
-        self._running = True
-
-    def stop(self) -> None:
-        self._running = False
-
-    def is_alive(self) -> bool:
-        return self._running
-
     def close(self) -> None:
         self.stop()
 
@@ -82,7 +88,7 @@ class GatewayChannel:
         self._connection.send(self.name, msg)
 
 
-class GatewayHBChannel:
+class GatewayHBChannel(_Switch):
     """Stands in for the heartbeat, which gateways do not expose."""
 
     time_to_dead = 1.0
@@ -91,15 +97,6 @@ class GatewayHBChannel:
         self._connection = connection
         self._running = False
         self._paused = False
-
-    def start(self) -> None:
-        self._running = True
-
-    def stop(self) -> None:
-        self._running = False
-
-    def is_alive(self) -> bool:
-        return self._running
 
     def pause(self) -> None:
         self._paused = True
