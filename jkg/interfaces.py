@@ -69,7 +69,7 @@ class IKernelRegistry(Interface):
         """Forget the client; later output for its session is kept for replay."""
 
     def send(kernel_id, client, message):
-        """Forward a decoded client message (:class:`jkg.web.wire.IncomingMessage`)."""
+        """Forward a decoded client message (:class:`jkg.wire.IncomingMessage`)."""
 
     def last_activity():
         """The most recent activity on any kernel (datetime, UTC)."""

@@ -99,7 +99,8 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     from .auth.lockout import FailureLimiter
     from .auth.realm import make_portal
     from .auth.service import TenantsService
-    from .kernels.channels import KernelChannels, make_factory
+    from .kernels.channels import KernelChannels
+    from .kernels.zmtp import make_factory
     from .kernels.launcher import KernelLauncher, KernelSpecs
     from .kernels.registry import KernelRegistry
     from .kernels.seed import read_seed

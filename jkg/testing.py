@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from .auth.credentials import ITokenCredentials
+from .auth.quota import check_kernel_quota
 from .errors import ResourceLimit, UnknownKernel, UnknownKernelSpec
 from .interfaces import IKernel, IKernelClient, IKernelRegistry
 from .kernels.messages import KernelMessage, isoformat, utcnow
@@ -129,12 +130,12 @@ class FakeRegistry:
         name = kernel_name or "python3"
         if name not in self.specs or (tenant is not None and not tenant.may_start(name)):
             return fail(UnknownKernelSpec(name))
-        if self.max_kernels is not None and len(self.kernels) >= self.max_kernels:
-            return fail(ResourceLimit(f"Maximum number of kernels ({self.max_kernels}) reached"))
         owner = tenant.name if tenant is not None else None
-        if tenant is not None and tenant.max_kernels is not None:
-            if sum(1 for k in self.kernels.values() if k.owner == owner) >= tenant.max_kernels:
-                return fail(ResourceLimit(f"tenant {owner} reached its limit of {tenant.max_kernels} kernels"))
+        try:
+            check_kernel_quota(self.max_kernels, len(self.kernels), tenant,
+                               sum(1 for k in self.kernels.values() if k.owner == owner))
+        except ResourceLimit as refusal:
+            return fail(refusal)
         kernel = FakeKernel(name)
         kernel.owner = owner
         self.kernels[kernel.id] = kernel

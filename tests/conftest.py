@@ -1,6 +1,8 @@
 """Shared fixtures: one real gateway per module where tests can share it."""
 import pytest
+import zmq
 
+from jkg.kernels.zmtp import make_factory
 from support import GatewayProcess, children_of, pid_alive
 
 TOKEN = "test-token-5f1e2d"
@@ -18,3 +20,15 @@ def gateway():
         process.stop()
     leftovers = [pid for pid in kernels if pid_alive(pid)]
     assert not leftovers, f"kernel processes survived the gateway: {leftovers}"
+
+
+@pytest.fixture
+def zctx():
+    """A libzmq context (playing the kernel) and jkg's ZMTP side, both closed afterwards."""
+    from twisted.internet import reactor  # pytest-twisted's, installed by now
+
+    context = zmq.Context()
+    ours = make_factory(reactor)
+    yield context, ours
+    ours.shutdown()
+    context.destroy(linger=0)

@@ -20,7 +20,7 @@ from pathlib import Path
 import requests
 import websocket
 
-from jkg.web import wire
+from jkg import wire
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 _PORT_LINE = re.compile(rb"GatewaySite (?:\(TLS\) )?starting on (\d+)")

@@ -16,7 +16,8 @@ from jkg.kernels import kernel as kernel_module
 from jkg.kernels.kernel import ManagedKernel
 from jkg.kernels.messages import KernelMessage
 from jkg.testing import FakeChannels, FakeLaunchedKernel, RecordingClient
-from jkg.web.channels import Backlog, IOPubRateLimit
+from jkg.web.outbox import Backlog
+from jkg.web.ratelimit import IOPubRateLimit
 from support import GatewayProcess, stdout_of
 
 # ---------------------------------------------------------------- unit: the backlog rule
@@ -107,7 +108,7 @@ def test_slow_replays_are_bounded_by_the_replay_limit_and_in_number():
 
 
 def test_replies_to_a_dropped_slow_session_wait_for_it():
-    from jkg.web.wire import IncomingMessage
+    from jkg.wire import IncomingMessage
 
     kernel, _ = make_kernel()
     kernel.attach(RecordingClient("stays"))
@@ -330,7 +331,7 @@ def test_one_print_reaches_many_clients_with_the_same_bytes(gateway):
 
 
 def _v1_message(raw: bytes) -> dict:
-    from jkg.web.wire import decode_v1
+    from jkg.wire import decode_v1
 
     channel, parts = decode_v1(raw)
     return {"channel": channel, "msg_type": json.loads(parts[0])["msg_type"],

@@ -39,7 +39,7 @@ from jkg.client import (  # noqa: E402
 )
 from jkg.client.codec import decode_frame, encode_message  # noqa: E402
 from jkg.client.errors import GatewayHTTPError, error_from_response  # noqa: E402
-from jkg.web import wire  # noqa: E402
+from jkg import wire  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 KG_BIN = REPO / "benchmarks" / ".venv-kg" / "bin" / "jupyter-kernelgateway"

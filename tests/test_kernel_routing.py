@@ -10,7 +10,7 @@ from jkg.interfaces import IKernelClient
 from jkg.kernels.kernel import MAX_PENDING, ManagedKernel
 from jkg.kernels.messages import KernelMessage
 from jkg.testing import FakeChannels, FakeLaunchedKernel, RecordingClient
-from jkg.web.wire import IncomingMessage
+from jkg.wire import IncomingMessage
 
 
 def make_kernel(replay_limit=1_000_000):

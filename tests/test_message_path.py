@@ -1,4 +1,4 @@
-"""The message path: jkg's ZMTP connections against libzmq, signatures, and byte-exact forwarding.
+"""The message path: a kernel's channel set against libzmq, signatures, and byte-exact forwarding.
 
 libzmq (through pyzmq) plays the kernel: if jkg's own ZMTP client gets a frame
 wrong, libzmq refuses it or delivers something else.  These run in-process on
@@ -6,9 +6,6 @@ pytest-twisted's asyncio reactor, with real sockets on 127.0.0.1; every wait is
 bounded.
 """
 import json
-import socket
-import struct
-import time
 
 import pytest
 import pytest_twisted
@@ -17,10 +14,11 @@ from jupyter_client.session import Session
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from jkg.kernels import channels as zmtp
-from jkg.kernels.channels import KernelChannels, Signer, ZmtpConnection, make_factory
-from jkg.kernels.messages import DELIMITER, parse_kernel_frames
-from jkg.web.channels import _encode_legacy, _encode_v1
+from jkg.kernels.channels import KernelChannels
+from jkg.kernels.signer import Signer
+from jkg.kernels.messages import parse_kernel_frames
+from zmtp_support import free_port, recv_zmq, until
+from jkg.web.frames import encode_legacy_frame, encode_v1_frame
 
 try:
     from jupyter_server.services.kernels.connection.base import serialize_msg_to_ws_v1
@@ -37,158 +35,13 @@ def ws_payload(frame: bytes) -> tuple[int, bytes]:
     return frame[0] & 0x0F, frame[start:]
 
 
-async def until(predicate, what: str, timeout: float = 20.0, step: float = 0.01):
-    """Let the reactor run until ``predicate()`` is true (bounded)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await deferLater(reactor, step, lambda: None)
-
-
-async def recv_zmq(sock, timeout: float = 20.0):
-    """A multipart message from a pyzmq socket without blocking the reactor."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return sock.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            assert time.monotonic() < deadline, "timed out waiting for libzmq"
-            await deferLater(reactor, 0.01, lambda: None)
-
-
-@pytest.fixture
-def zctx():
-    context = zmq.Context()
-    ours = make_factory(reactor)
-    yield context, ours
-    ours.shutdown()
-    context.destroy(linger=0)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest_twisted.ensureDeferred
-async def test_dealer_and_libzmq_router_exchange_frames_exactly(zctx):
-    context, ours = zctx
-    router = context.socket(zmq.ROUTER)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    got = []
-    ready = []
-    dealer = ZmtpConnection(ours, b"DEALER", f"tcp://127.0.0.1:{port}", got.append, identity=b"jkg-id",
-                            on_ready=lambda: ready.append(True))
-    frames = [b"", b"small", BIG, b"\x00" * 300, "é🎉".encode(), b"last"]
-    dealer.send(frames)  # may be queued: the handshake is not done yet
-    identity, *received = await recv_zmq(router)
-    assert identity == b"jkg-id" and received == frames
-    assert ready == [True]
-
-    router.send_multipart([identity, b"reply", BIG[:70000], b""])
-    await until(lambda: got, "the reply")
-    assert [bytes(part) for part in got[0]] == [b"reply", BIG[:70000], b""]
-    # a large part arrives as a view of a buffer of its own, not a copy
-    assert isinstance(got[0][1], memoryview)
-    dealer.close()
-    router.close(linger=0)
-
-
-@pytest_twisted.ensureDeferred
-async def test_ipc_transport(zctx, tmp_path):
-    context, ours = zctx
-    router = context.socket(zmq.ROUTER)
-    path = str(tmp_path / "kernel-5555")
-    router.bind(f"ipc://{path}")
-    got = []
-    dealer = ZmtpConnection(ours, b"DEALER", f"ipc://{path}", got.append, identity=b"ipc")
-    dealer.send([b"over", b"unix"])
-    assert await recv_zmq(router) == [b"ipc", b"over", b"unix"]
-    router.send_multipart([b"ipc", b"back"])
-    await until(lambda: got, "the answer")
-    assert got == [[b"back"]]
-    dealer.close()
-    router.close(linger=0)
-
-
-@pytest_twisted.ensureDeferred
-async def test_sub_gets_every_message_of_a_libzmq_pub_in_order(zctx):
-    context, ours = zctx
-    pub = context.socket(zmq.XPUB)  # as ipykernel's iopub
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
-    got = []
-    sub = ZmtpConnection(ours, b"SUB", f"tcp://127.0.0.1:{port}", got.append, subscribe=True)
-    assert (await recv_zmq(pub)) == [b"\x01"]  # subscribed to everything
-    sent = []
-    for n in range(300):
-        parts = [b"topic", str(n).encode(), BIG[: (n % 7) * 40000]]
-        sent.append(parts)
-        pub.send_multipart(parts)
-    await until(lambda: len(got) == len(sent), "300 messages")
-    assert [[bytes(p) for p in message] for message in got] == sent
-    sub.close()
-    pub.close(linger=0)
-
-
-@pytest_twisted.ensureDeferred
-async def test_messages_sent_before_the_kernel_listens_wait_and_go_out(zctx):
-    context, ours = zctx
-    port = _free_port()
-    dealer = ZmtpConnection(ours, b"DEALER", f"tcp://127.0.0.1:{port}", lambda frames: None, identity=b"early")
-    dealer.send([b"one"])
-    dealer.send([b"two", b"parts"])
-    await deferLater(reactor, 0.1, lambda: None)  # a few refused connection attempts
-    router = context.socket(zmq.ROUTER)
-    router.bind(f"tcp://127.0.0.1:{port}")
-    assert await recv_zmq(router) == [b"early", b"one"]
-    assert await recv_zmq(router) == [b"early", b"two", b"parts"]
-    dealer.close()
-    router.close(linger=0)
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_peer_that_is_not_zmtp_is_dropped_and_tried_again(zctx):
-    _, ours = zctx
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    server.setblocking(False)
-    accepted = []
-
-    def accept_and_babble():
-        try:
-            conn, _ = server.accept()
-        except BlockingIOError:
-            return
-        conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n" + b"x" * 100)
-        accepted.append(conn)
-
-    got = []
-    dealer = ZmtpConnection(ours, b"DEALER", f"tcp://127.0.0.1:{server.getsockname()[1]}", got.append)
-
-    async def two_attempts():
-        deadline = time.monotonic() + 20
-        while len(accepted) < 2:
-            assert time.monotonic() < deadline, "no second attempt"
-            accept_and_babble()
-            await deferLater(reactor, 0.01, lambda: None)
-
-    await two_attempts()
-    assert got == [] and not dealer.ready
-    dealer.close()
-    for conn in accepted:
-        conn.close()
-    server.close()
-
-
 @pytest_twisted.ensureDeferred
 async def test_heartbeat_ping_is_answered_by_an_echo_and_times_out_without_one(zctx):
     context, ours = zctx
     echo = context.socket(zmq.ROUTER)  # ipykernel's heartbeat is a ROUTER echo device
     hb_port = echo.bind_to_random_port("tcp://127.0.0.1")
     info = {"transport": "tcp", "ip": "127.0.0.1", "key": b"k", "signature_scheme": "hmac-sha256",
-            "hb_port": hb_port, **{f"{c}_port": _free_port() for c in ("shell", "iopub", "stdin", "control")}}
+            "hb_port": hb_port, **{f"{c}_port": free_port() for c in ("shell", "iopub", "stdin", "control")}}
     channels = KernelChannels(ours, info, lambda message: None)
     answered = channels.ping(20)
     echo.send_multipart(await recv_zmq(echo))
@@ -286,7 +139,7 @@ def test_forwarded_v1_frames_are_what_jupyter_server_sends(buffers):
     msg["buffers"] = buffers
     frames = [b"comm-topic", *session.serialize(msg)]
     message = parse_kernel_frames("iopub", frames)
-    opcode, payload = ws_payload(b"".join(bytes(p) for p in _encode_v1(message).pieces))
+    opcode, payload = ws_payload(b"".join(bytes(p) for p in encode_v1_frame(message).pieces))
     assert opcode == 2
     expected = serialize_msg_to_ws_v1(frames[3:], "iopub")  # jupyter_server relays the raw parts
     assert payload == expected
@@ -297,7 +150,7 @@ def test_forwarded_legacy_json_has_jupyter_servers_content():
     msg = session.msg("stream", {"name": "stdout", "text": 'quote " backslash \\ é 🎉 \u2028'})
     frames = session.serialize(msg)
     message = parse_kernel_frames("iopub", frames)
-    opcode, body = ws_payload(b"".join(bytes(p) for p in _encode_legacy(message).pieces))
+    opcode, body = ws_payload(b"".join(bytes(p) for p in encode_legacy_frame(message).pieces))
     assert opcode == 1  # one text frame
     sent = json.loads(body)
     deserialized = session.deserialize(session.feed_identities(frames)[1])
@@ -306,24 +159,6 @@ def test_forwarded_legacy_json_has_jupyter_servers_content():
     assert sent["channel"] == "iopub" and sent["buffers"] == []
     # the kernel's JSON bytes are spliced in as they are, not re-encoded
     assert frames[5] in body and frames[2] in body
-
-
-def test_zmtp_frame_headers():
-    assert zmtp._frame_header(0, 0) == b"\x00\x00"
-    assert zmtp._frame_header(255, zmtp._MORE) == b"\x01\xff"
-    assert zmtp._frame_header(256, 0) == b"\x02" + struct.pack(">Q", 256)
-    ready = zmtp._ready(b"DEALER", b"id")
-    assert ready[0] == zmtp._COMMAND and ready[2:8] == b"\x05READY"
-    assert zmtp._parse_properties(ready[8:]) == {"socket-type": b"DEALER", "identity": b"id"}
-
-
-def test_buffer_pool_reuses_a_buffer_only_when_no_view_is_alive():
-    pool = zmtp.BufferPool(keep=2)
-    view = memoryview(pool.get(1_000_000))[:1_000_000].toreadonly()
-    first = id(view.obj)
-    assert id(pool.get(1_000_000)) != first  # still in use
-    del view
-    assert id(pool.get(900_000)) == first
 
 
 

@@ -1,4 +1,4 @@
-"""Tests for :mod:`jkg.web.wire`.
+"""Tests for :mod:`jkg.wire`.
 
 jupyter_server's own (de)serializers and jupyter_client's Session serve as oracles: the
 gateway must put exactly what jupyter_server would on the wire, and read what it reads.
@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jkg.web import wire
-from jkg.web.wire import (
+from jkg import wire
+from jkg.wire import (
     CHANNELS,
     V1_PROTOCOL,
     IncomingMessage,

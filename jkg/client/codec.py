@@ -1,6 +1,6 @@
 """Kernel message dicts to WebSocket frames and back, on the client side.
 
-The gateway's own codecs (:mod:`jkg.web.wire`) do the framing: ``encode_v1`` /
+The gateway's own codecs (:mod:`jkg.wire`) do the framing: ``encode_v1`` /
 ``decode_v1`` for ``v1.kernel.websocket.jupyter.org``, ``encode_legacy`` for the
 legacy JSON format (the layout is the same in both directions).  What is left
 here is turning parts into the message dicts jupyter_client's API hands out
@@ -14,18 +14,14 @@ jupyter_server writes it with Python's defaults, which allow ``NaN``.
 from __future__ import annotations
 
 import json
-import struct
 from typing import Any
 
 from jupyter_client.jsonutil import extract_dates
 from jupyter_client.session import json_packer
 
-from ..web.wire import V1_PROTOCOL, decode_v1, encode_legacy, encode_v1
+from ..wire import V1_PROTOCOL, WireError, decode_v1, encode_legacy, encode_v1, split_legacy_binary
 
 __all__ = ["V1_PROTOCOL", "encode_message", "decode_frame", "message_from_parts", "CodecError"]
-
-_LEGACY_COUNT = struct.Struct(">I")
-
 
 class CodecError(ValueError):
     """A frame from the gateway that is not a kernel message."""
@@ -76,21 +72,15 @@ def message_from_parts(parts: list[bytes]) -> dict:
 
 
 def _split_legacy_binary(frame: bytes) -> tuple[dict, list[bytes]]:
-    """Big-endian count, offsets, the JSON message, then the buffers (each up to the next offset)."""
-    if len(frame) < 8:
-        raise CodecError("legacy binary frame too short")
-    (count,) = _LEGACY_COUNT.unpack_from(frame)
-    if count < 1 or 4 * (count + 1) > len(frame):
-        raise CodecError("legacy binary frame has a bad offset table")
-    offsets = list(struct.unpack_from(f">{count}I", frame, 4)) + [len(frame)]
-    if offsets != sorted(offsets) or offsets[0] < 4 * (count + 1):
-        raise CodecError("legacy binary frame offsets out of order")
-    chunks = [frame[a:b] for a, b in zip(offsets, offsets[1:])]
+    """The JSON message (parsed leniently) and the buffers of a legacy binary frame."""
     try:
-        data = json.loads(chunks[0].decode("utf-8"))
+        data, buffers = split_legacy_binary(frame)
+    except WireError as error:
+        raise CodecError(f"bad legacy binary frame: {error}") from None
+    try:
+        return json.loads(bytes(data).decode("utf-8")), buffers
     except (ValueError, UnicodeDecodeError):
         raise CodecError("legacy binary frame does not start with JSON") from None
-    return data, chunks[1:]
 
 
 def decode_frame(frame: bytes | str, v1: bool) -> tuple[str, dict]:

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import uuid
-from pathlib import Path
 
 from twisted.application.service import Service
 from twisted.internet.defer import inlineCallbacks
@@ -19,8 +18,8 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
+from ..procfs import process_naming_file, process_start_time
 from .external import ExternalKernel
-from .store import process_start_time
 
 log = Logger()
 
@@ -74,37 +73,10 @@ def kernel_id_for(path: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, os.path.abspath(path)))
 
 
-def find_kernel_pid(path: str) -> int | None:
-    """The pid of the one process whose arguments name exactly this connection file (Linux /proc).
-
-    Relative arguments are resolved against that process's working
-    directory; when no process or more than one matches, the pid is unknown
-    and jkg uses the control channel instead of signals.
-    """
-    target = os.path.realpath(path)
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            arguments = (entry / "cmdline").read_bytes().split(b"\0")[1:]
-            if not any(os.path.basename(target).encode() in argument for argument in arguments):
-                continue
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        for argument in arguments:
-            text = argument.decode("utf-8", "replace")
-            if text and os.path.realpath(os.path.join(cwd, text)) == target:
-                found.append(int(entry.name))
-                break
-    return found[0] if len(found) == 1 else None
-
-
 def describe(path: str) -> dict:
     """Everything needed to adopt the kernel behind a connection file (blocking)."""
     info = read_connection_file(path)
-    pid = find_kernel_pid(path)
+    pid = process_naming_file(path)
     return {"path": path, "id": kernel_id_for(path), "info": info, "pid": pid,
             "start_time": process_start_time(pid) if pid else None}
 
@@ -189,7 +161,7 @@ class ExistingKernels(Service):
         yield self.registry.adopt(details["id"], name, launched, source=details["path"])
         if launched.pid is None:
             # the file may have appeared before its kernel process: now that it answers, look again
-            pid = yield deferToThread(find_kernel_pid, details["path"])
+            pid = yield deferToThread(process_naming_file, details["path"])
             if pid is not None:
                 launched.pid, launched.start_time = pid, process_start_time(pid)
                 launched.interrupt_mode = "signal"

@@ -19,25 +19,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from ..errors import Conflict
-from .store import process_start_time
+from ..procfs import pid_alive
 
 log = Logger()
-
-
-def pid_alive(pid: int, start_time: int | None = None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, but not ours to signal
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            if handle.read().rsplit(")", 1)[1].split()[0] == "Z":
-                return False
-    except OSError:
-        pass
-    return start_time is None or process_start_time(pid) == start_time
 
 
 class ExternalKernel:

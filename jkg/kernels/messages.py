@@ -51,7 +51,7 @@ class KernelMessage:
     fanned out to many clients is serialized once per format, not once per
     client.  ``execution_state`` is set for iopub ``status`` messages (their
     content is small and parsed once, for the kernel's state and the rate
-    limits).  ``batch`` is the :class:`ReadBatch` the message arrived in, if
+    limits).  ``batch`` is the :class:`~jkg.kernels.zmtp_wire.ReadBatch` the message arrived in, if
     more messages were read with it.
     """
 
@@ -68,39 +68,11 @@ class KernelMessage:
         self.parent_id = parent_id
         self.encoded: dict = {}
         self.execution_state: str | None = None
-        self.batch: ReadBatch | None = None
+        self.batch = None  # a jkg.kernels.zmtp_wire.ReadBatch
 
     @property
     def size(self) -> int:
         return sum(len(part) for part in self.parts)
-
-
-class ReadBatch:
-    """Messages read from the kernels in one go, so that writes to clients can be coalesced.
-
-    The reader of kernel sockets opens a batch when it sees that more messages
-    are waiting behind the one at hand, attaches it to the messages
-    (``KernelMessage.batch``) and closes it when none are left.  While it is
-    open, a consumer may hold back its writes and :meth:`defer` a flush: a
-    burst of small outputs then costs one ``send`` per client instead of one
-    per message.  A message read on its own has no batch and is written at once.
-    """
-
-    __slots__ = ("open", "_flushes")
-
-    def __init__(self):
-        self.open = False
-        self._flushes: list = []
-
-    def defer(self, flush) -> None:
-        """Call ``flush()`` when the batch closes."""
-        self._flushes.append(flush)
-
-    def close(self) -> list:
-        """Close the batch; return the flushes to run (the caller runs and guards them)."""
-        self.open = False
-        flushes, self._flushes = self._flushes, []
-        return flushes
 
 
 def split_frames(frames: Sequence[bytes]) -> tuple[bytes, list]:

@@ -17,16 +17,18 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..errors import Conflict, KernelDead, KernelLaunchError, ResourceLimit, UnknownKernel, UnknownKernelSpec
+from ..auth.quota import check_kernel_quota, default_kernel_name, kernel_to_start
+from ..procfs import pid_alive, process_start_time
+from ..errors import Conflict, KernelDead, KernelLaunchError, UnknownKernel, UnknownKernelSpec
 from ..interfaces import IKernelRegistry
 from .env import kernel_env, launch_timeout, validate_client_env
 from .kernel import ManagedKernel
 from .lifecycle import CullPolicy, env_injection, parse_pool_sizes, python_env_update_code
 from .messages import isoformat, utcnow
-from .external import ExternalKernel, pid_alive
+from .external import ExternalKernel
 from .pool import WarmPool
 from .seed import run_seed
-from .store import KernelRecord, process_start_time
+from .store import KernelRecord
 
 log = Logger()
 
@@ -66,7 +68,7 @@ class KernelRegistry(Service):
         self._heart = LoopingCall(self._beat)
         self._heart.clock = clock
         sizes = parse_pool_sizes(config.pool, config.prespawn_count,
-                                 config.force_kernel_name or config.default_kernel_name or launcher.specs.default_name)
+                                 default_kernel_name(config, launcher.specs.default_name))
         self.base_env = kernel_env({}, self._environ, config.env_process_whitelist, config.env_whitelist)
         self.pool = WarmPool(sizes, self._launch_pooled, clock) if sizes else None
 
@@ -103,20 +105,12 @@ class KernelRegistry(Service):
         requests can never overshoot a quota.
         """
         client_env = dict(validate_client_env(env))
-        default = self.config.default_kernel_name or self.launcher.specs.default_name
-        if tenant is not None:
-            default = tenant.default_kernel(default)
-        name = self.config.force_kernel_name or kernel_name or default
+        name = kernel_to_start(self.config, kernel_name, self.launcher.specs.default_name, tenant)
         if tenant is not None and not tenant.may_start(name):
             raise UnknownKernelSpec(name)
-        limit = self.config.max_kernels
-        if limit is not None and len(self.kernels) + self._starting >= limit:
-            raise ResourceLimit(f"Maximum number of kernels ({limit}) reached")
         owner = tenant.name if tenant is not None else None
-        if tenant is not None and tenant.max_kernels is not None:
-            used = len(self.owned_by(owner)) + self._starting_for.get(owner, 0)
-            if used >= tenant.max_kernels:
-                raise ResourceLimit(f"tenant {owner} reached its limit of {tenant.max_kernels} kernels")
+        owned = len(self.owned_by(owner)) + self._starting_for.get(owner, 0) if tenant is not None else 0
+        check_kernel_quota(self.config.max_kernels, len(self.kernels) + self._starting, tenant, owned)
         if tenant is not None and tenant.named:
             client_env["KERNEL_USERNAME"] = tenant.name  # whatever the client claims
         full_env = kernel_env(client_env, self._environ, self.config.env_process_whitelist,

@@ -49,15 +49,6 @@ class KernelRecord:
         return cls(**json.loads(text))
 
 
-def process_start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            return int(handle.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 class KernelStore:
     """Save, delete and load :class:`KernelRecord` objects off the reactor thread."""
 

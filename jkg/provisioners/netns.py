@@ -37,6 +37,8 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Dict, TraitError, Unicode, validate
 
+from ..procfs import process_identity
+
 NETNS_DIR = "/run/netns"
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 CONFIG_KEYS = frozenset({"namespace", "kernel_ip", "ports"})
@@ -85,19 +87,6 @@ def check_ports(value: Any) -> dict[str, int] | None:
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _identity(pid: int) -> tuple[int, tuple[int, int]] | None:
-    """``(start time, netns id)`` of a live process; None if it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        netns = os.stat(f"/proc/{pid}/ns/net")
-    except (OSError, IndexError):
-        return None
-    if fields[0] == "Z":
-        return None
-    return int(fields[19]), (netns.st_dev, netns.st_ino)
 
 
 class NetnsProvisioner(KernelProvisionerBase):
@@ -198,7 +187,7 @@ class NetnsProvisioner(KernelProvisionerBase):
         self.process = subprocess.Popen([tool, "netns", "exec", self.namespace, *cmd], env=env,
                                         cwd=kwargs.get("cwd"), stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid = self.process.pid
-        identity = _identity(self.pid)  # the start time is set at fork: exec does not change it
+        identity = process_identity(self.pid)  # the start time is set at fork: exec does not change it
         self._start_time = identity[0] if identity else None
         return self.connection_info
 
@@ -246,7 +235,7 @@ class NetnsProvisioner(KernelProvisionerBase):
         Only needed for an adopted kernel: a child of ours cannot lose its pid
         before we reap it.
         """
-        identity = _identity(self.pid) if self.pid is not None and self._start_time is not None else None
+        identity = process_identity(self.pid) if self.pid is not None and self._start_time is not None else None
         try:
             netns = os.stat(os.path.join(NETNS_DIR, self.namespace))
         except OSError:

@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from .. import __version__
 from ..auth.credentials import credentials_from_request
+from ..auth.quota import default_kernel_name
 from ..auth.realm import ITenant
 from ..errors import BadRequest, GatewayError, ResourceLimit, TooManyRequests, Unauthorized, UnknownKernelSpec
 from ..kernels.messages import isoformat
@@ -133,8 +134,7 @@ class GatewayAPI:
         found = await self.specs.describe_all()
         specs = {name: kernelspec_model(name, spec, files, self.config.base_url)
                  for name, (spec, files) in found.items() if tenant.may_start(name)}
-        default = self.config.force_kernel_name or tenant.default_kernel(
-            self.config.default_kernel_name or self.specs.default_name)
+        default = default_kernel_name(self.config, self.specs.default_name, tenant)
         return write_json(request, {"default": default, "kernelspecs": specs})
 
     @app.route("/api/kernelspecs/<string:name>", methods=["GET"], strict_slashes=False)

@@ -3,43 +3,34 @@
 The REST route has already authenticated the client and found the kernel;
 :class:`ChannelsUpgrade` hands the HTTP connection to autobahn with the kernel
 id and session id attached.  The protocol converts frames (through
-:mod:`jkg.web.wire`) and calls the registry.
+:mod:`jkg.wire`) and calls the registry.
 
-Kernel to client, the path every output takes, is kept short:
-
-- A message's WebSocket frame is built once per format and cached on the
-  message (:class:`Frame`), so fan-out to many clients costs one encoding, not
-  one per client.  Small frames are one joined ``bytes``; large ones stay a
-  list of pieces (the kernel's parts are never copied into a joined frame
-  unless a client is behind and its bytes must wait in Twisted's buffer).
-- When nothing is waiting in the connection's buffer, the frame is written to
-  the socket at once (``send``/``sendmsg``) instead of taking a turn of the
-  reactor through Twisted's write buffer; only what the socket does not take
-  is buffered.  (TLS and other transports always go through the transport.)
-- Every client has a bounded backlog (:class:`Backlog`): one that stops
-  reading is disconnected with code 4008 and the reason, and the kernel keeps
-  its session's output for replay (see
-  :meth:`jkg.kernels.kernel.ManagedKernel.detach`).  A client that stops
-  reading thus never makes memory grow without bound nor slows anyone else.
-- Optional iopub rate limits follow jupyter_server (:class:`IOPubRateLimit`).
+Kernel to client, the path every output takes, is kept short: a message's
+frame is built once per format and cached on the message
+(:mod:`jkg.web.frames`), and written through the client's outbox
+(:mod:`jkg.web.outbox`), which bounds what may wait for it: a client that
+stops reading is disconnected with code 4008 and the reason, and the kernel
+keeps its session's output for replay (see
+:meth:`jkg.kernels.kernel.ManagedKernel.detach`).  Optional iopub rate limits
+follow jupyter_server (:mod:`jkg.web.ratelimit`).  The connection quota is
+policy, in :mod:`jkg.auth.quota`.
 """
 from __future__ import annotations
-
-import time
-from collections import deque
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.xormasker import create_xor_masker
 from twisted.internet import tcp
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..errors import BadRequest, GatewayError, ResourceLimit
+from .. import wire
+from ..auth.quota import ConnectionCounter
+from ..errors import BadRequest, GatewayError
 from ..interfaces import IKernelClient
-from ..kernels.messages import KernelMessage, dumps, make_header
-from . import wire
+from .frames import Frame, encode_legacy_frame, encode_v1_frame
+from .outbox import Outbox, TCPOutbox
+from .ratelimit import IOPubRateLimit, warning_message
 
 _log = Logger()  # autobahn claims ``.log`` on protocols
 
@@ -49,51 +40,6 @@ CLOSE_BAD_MESSAGE = 4400
 CLOSE_TOO_SLOW = 4008
 SLOW_CLOSE_TIMEOUT = 30  # seconds a client dropped as too slow has to read the close frame
 _OPEN = WebSocketServerProtocol.STATE_OPEN
-
-#: Frames smaller than this are joined into one ``bytes`` (one write per client);
-#: larger ones keep the kernel's parts as separate pieces (no copy).
-JOIN_BELOW = 64 * 1024
-_MAX_PIECES = 512  # well under IOV_MAX
-
-
-class Frame:
-    """One server-to-client WebSocket frame, shared by every client of a format.
-
-    Server frames are unmasked (RFC 6455 5.1), so the bytes are the same for
-    every client.  ``pieces`` concatenated are the frame; ``size`` its length.
-    """
-
-    __slots__ = ("pieces", "size", "_joined")
-
-    def __init__(self, payload_pieces: list, binary: bool):
-        size = sum(map(len, payload_pieces))
-        header = wire.server_frame_header(size, binary)
-        size += len(header)
-        if size < JOIN_BELOW or len(payload_pieces) > _MAX_PIECES:
-            self._joined = b"".join([header, *payload_pieces])
-            self.pieces = (self._joined,)
-        else:
-            self._joined = None
-            self.pieces = (header, *payload_pieces)
-        self.size = size
-
-    def joined(self) -> bytes:
-        """The whole frame as one ``bytes`` (what Twisted's buffer accepts); made once."""
-        if self._joined is None:
-            self._joined = b"".join(self.pieces)
-        return self._joined
-
-
-
-def _rest(pieces, sent: int) -> bytes:
-    """What follows the first ``sent`` bytes of ``pieces``, as one ``bytes``."""
-    for index, piece in enumerate(pieces):
-        if sent < len(piece):
-            if index == len(pieces) - 1 and type(piece) is bytes:
-                return piece[sent:]
-            return b"".join([memoryview(piece)[sent:], *pieces[index + 1:]])
-        sent -= len(piece)
-    return b""
 
 
 def negotiate_subprotocol(offered: bytes | None) -> str | None:
@@ -112,14 +58,6 @@ def negotiate_subprotocol(offered: bytes | None) -> str | None:
                      f"this gateway speaks {wire.V1_PROTOCOL} or the legacy protocol (no subprotocol)")
 
 
-def _encode_v1(message) -> Frame:
-    return Frame(wire.encode_v1_pieces(message.channel, message.parts), True)
-
-
-def _encode_legacy(message) -> Frame:
-    pieces, binary = wire.encode_legacy_pieces(message.channel, message.parts, message.msg_id, message.msg_type)
-    return Frame(pieces, binary)
-
 
 def _unmask(mask: bytes, data: bytes) -> bytes:
     """A client frame's payload, unmasked (RFC 6455 5.3)."""
@@ -130,403 +68,13 @@ def _unmask(mask: bytes, data: bytes) -> bytes:
     return (int.from_bytes(data, "little") ^ key).to_bytes(size, "little")
 
 
-def _buffer_holder(transport):
-    """The Twisted file descriptor under ``transport`` whose write buffer can be measured.
-
-    Twisted has no public "bytes waiting" accessor; its ``FileDescriptor`` keeps
-    them in ``dataBuffer`` (from ``offset``) and ``_tempDataBuffer`` (of length
-    ``_tempDataLen``), the same since Twisted 8.  TLS wraps such a descriptor.
-    ``None`` when there is none to be found (the limit is then not enforced).
-    """
-    for _ in range(4):
-        if transport is None:
-            return None
-        if hasattr(transport, "dataBuffer") and hasattr(transport, "_tempDataLen"):
-            return transport
-        transport = getattr(transport, "transport", None)
-    return None
-
-
-def _waiting(holder) -> int:
-    """Bytes written to a connection and not yet taken by its socket."""
-    return len(holder.dataBuffer) - holder.offset + holder._tempDataLen
-
-
-class Backlog:
-    """The bound on what waits to be sent to one client, with ``limit`` = ``--client-buffer-limit``.
-
-    Up to ``limit`` bytes may wait.  Beyond that a client must keep reading: it
-    is too slow when its backlog has grown by another ``limit`` without its
-    socket taking a single byte (it stopped reading), and in any case once
-    ``HARD_FACTOR * limit`` bytes wait.  So a client that stalls is dropped
-    with about twice the limit waiting, while one that reads, only slower than
-    a burst of output arrives, may fall further behind and catch up -- never
-    without bound.  :meth:`check` is called only when something is already
-    waiting, so clients that keep up pay nothing.
-    """
-
-    HARD_FACTOR = 8
-
-    __slots__ = ("limit", "appended", "_mark_taken", "_mark_waiting")
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.appended = 0  # bytes handed to the transport's buffer so far
-        self._mark_taken: int | None = None
-        self._mark_waiting = 0
-
-    def check(self, waiting: int) -> str | None:
-        """``None`` if a client with ``waiting`` bytes waiting may be sent more, else why not."""
-        limit = self.limit
-        if not limit or waiting <= limit:
-            self._mark_taken = None
-            return None
-        taken = self.appended - waiting  # bytes its socket has taken from the buffer
-        if self._mark_taken is None or taken > self._mark_taken:
-            self._mark_taken, self._mark_waiting = taken, waiting  # (still) making progress
-        elif waiting >= self._mark_waiting + limit:
-            return f"client too slow: outgoing buffer over {limit} bytes and not read"
-        if waiting >= self.HARD_FACTOR * limit:
-            return f"client too slow: outgoing buffer over {self.HARD_FACTOR * limit} bytes"
-        return None
-
-
-class _Outbox:
-    """Writes one client's frames through its transport's own buffer (TLS and other transports)."""
-
-    def __init__(self, transport, limit: int):
-        self.transport = transport
-        self.backlog = Backlog(limit)
-        self._holder = _buffer_holder(transport)
-
-    def waiting(self) -> int:
-        return _waiting(self._holder) if self._holder is not None else 0
-
-    def refuse(self) -> str | None:
-        """Why no more may be written to this client (it is too slow), or ``None``."""
-        return self.backlog.check(self.waiting()) if self._holder is not None else None
-
-    def write(self, frames) -> None:
-        if len(frames) == 1:
-            self.backlog.appended += frames[0].size
-            self.transport.write(frames[0].joined())
-        else:
-            self.backlog.appended += sum(frame.size for frame in frames)
-            self.transport.writeSequence([frame.joined() for frame in frames])
-
-
-@implementer(IPushProducer)
-class _TCPOutbox(_Outbox):
-    """Writes one client's frames straight to its TCP socket, without copying them.
-
-    When nothing is waiting, frames go to the socket at once (``send`` or,
-    for a frame in pieces, ``sendmsg``) instead of on the reactor's next turn
-    through Twisted's buffer: no wake-up, no ``epoll_ctl``, no copy.  What the
-    socket does not take waits here as views of the shared frames; only a
-    slice of it (a little over the transport's ``bufferSize``) is copied into
-    Twisted's buffer at a time, so that the transport -- with this object as
-    its streaming producer -- calls :meth:`resumeProducing` once that slice is
-    sent, and the rest goes out the same way.  Whatever else is written to the
-    connection meanwhile (autobahn's pings and close frames) queues here too,
-    so the stream stays in order.
-    """
-
-    def __init__(self, transport, limit: int):
-        super().__init__(transport, limit)
-        self._socket = transport.socket
-        self.queue: deque = deque()  # bytes-likes not yet handed to the socket or transport
-        self.queued = 0
-        # (start, end) of each frame that was queued, as offsets in the stream (``backlog.appended``)
-        self._spans: deque = deque()
-        self.lose_when_empty = False
-        # twisted.web's HTTPChannel stays registered as the producer after the
-        # upgrade (it would stop reading the client while its output backs up).
-        if transport.producer is not None:
-            transport.unregisterProducer()
-        transport.registerProducer(self, True)
-
-    def waiting(self) -> int:
-        t = self.transport
-        return len(t.dataBuffer) - t.offset + t._tempDataLen + self.queued
-
-    def refuse(self) -> str | None:
-        t = self.transport
-        if not self.queued and not t._tempDataLen and not t.dataBuffer:
-            return None
-        return self.backlog.check(self.waiting())
-
-    def write(self, frames) -> None:
-        if len(frames) == 1:
-            pieces, size = frames[0].pieces, frames[0].size
-        else:
-            pieces = [piece for frame in frames for piece in frame.pieces]
-            size = sum(frame.size for frame in frames)
-        start = self.backlog.appended
-        self.backlog.appended += size
-        if self._write(pieces, size) and len(frames) > 1:
-            spans = self._spans
-            spans.pop()
-            for frame in frames:
-                spans.append((start, start + frame.size))
-                start += frame.size
-
-    def write_data(self, data: bytes) -> None:
-        """Bytes from autobahn (control frames), in order with the frames."""
-        self.backlog.appended += len(data)
-        self._write((data,), len(data))
-
-    def _write(self, pieces, size: int) -> bool:
-        """Send or queue; whether anything was queued."""
-        t = self.transport
-        queue = self.queue
-        if queue or t._tempDataLen or t.dataBuffer:
-            was_empty = not queue
-            queue.extend(pieces)
-            self.queued += size
-            self._spans.append((self.backlog.appended - size, self.backlog.appended))
-            if was_empty:  # make sure the transport will call back
-                self._prime()
-            return True
-        sent = self._send(pieces)
-        if sent < size:
-            self._keep(pieces, sent)
-            self._spans.append((self.backlog.appended - size, self.backlog.appended))
-            self._prime()
-            return True
-        return False
-
-    def trim(self) -> None:
-        """Drop every queued frame not yet started, keeping the one under way (the stream stays valid)."""
-        handed = self.backlog.appended - self.queued  # stream offset up to which bytes left the queue
-        spans = self._spans
-        while spans and spans[0][1] <= handed:
-            spans.popleft()
-        keep = spans[0][1] - handed if spans and spans[0][0] < handed else 0
-        queue, kept = self.queue, deque()
-        while queue and keep > 0:
-            piece = queue.popleft()
-            if len(piece) > keep:
-                piece = memoryview(piece)[:keep]
-            kept.append(piece)
-            keep -= len(piece)
-        dropped = self.queued - sum(map(len, kept))
-        self.queue, self.queued = kept, self.queued - dropped
-        self.backlog.appended -= dropped
-        spans.clear()
-
-    def _send(self, pieces) -> int:
-        """Hand ``pieces`` to the socket; the number of bytes it took."""
-        if len(pieces) > _MAX_PIECES:
-            pieces = pieces[:_MAX_PIECES]
-        try:
-            if len(pieces) == 1:
-                return self._socket.send(pieces[0])
-            return self._socket.sendmsg(pieces)
-        except OSError:  # full (EAGAIN), or broken: the transport's own write finds out
-            return 0
-
-    def _keep(self, pieces, sent: int) -> None:
-        """Queue what follows the first ``sent`` bytes of ``pieces``."""
-        queue = self.queue
-        for piece in pieces:
-            size = len(piece)
-            if sent >= size:
-                sent -= size
-                continue
-            queue.append(memoryview(piece)[sent:] if sent else piece)
-            self.queued += size - sent
-            sent = 0
-
-    def _prime(self) -> None:
-        """Move queued bytes into the transport until it holds more than its ``bufferSize``.
-
-        The transport then pauses this producer and resumes it once all of
-        that is sent; with less, it would not call back and the queue would
-        stall.  (When the queue runs out first, nothing more is needed.)
-        """
-        t = self.transport
-        queue = self.queue
-        need = t.bufferSize + 1 - (len(t.dataBuffer) - t.offset + t._tempDataLen)
-        chunk = []
-        while queue and need > 0:
-            piece = queue[0]
-            size = len(piece)
-            if size <= need:
-                queue.popleft()
-                chunk.append(piece)
-                need -= size
-                self.queued -= size
-            else:
-                chunk.append(memoryview(piece)[:need])
-                queue[0] = memoryview(piece)[need:]
-                self.queued -= need
-                need = 0
-        if chunk:
-            t.write(b"".join(chunk))
-        spans = self._spans
-        if not queue:
-            spans.clear()
-            if self.lose_when_empty:
-                t.loseConnection()
-        else:
-            handed = self.backlog.appended - self.queued
-            while spans and spans[0][1] <= handed:
-                spans.popleft()
-
-    # -- IPushProducer: the transport's buffer went over bufferSize / was all sent
-    def pauseProducing(self) -> None:  # noqa: N802 - Twisted API
-        pass
-
-    def resumeProducing(self) -> None:  # noqa: N802 - Twisted API
-        queue = self.queue
-        if not queue:
-            return
-        pieces = list(queue) if len(queue) <= _MAX_PIECES else [queue[i] for i in range(_MAX_PIECES)]
-        sent = self._send(pieces)
-        while sent:
-            first = queue[0]
-            size = len(first)
-            if sent >= size:
-                queue.popleft()
-                self.queued -= size
-                sent -= size
-            else:
-                queue[0] = memoryview(first)[sent:]
-                self.queued -= sent
-                sent = 0
-        self._prime()
-
-    def stopProducing(self) -> None:  # noqa: N802 - Twisted API
-        self.queue.clear()
-        self._spans.clear()
-        self.queued = 0
-
-
-class IOPubRateLimit:
-    """jupyter_server's iopub rate limits for one client (``ZMQChannelsWebsocketConnection``).
-
-    Over a sliding window of ``window`` seconds, every iopub message except
-    ``status``, ``comm_open`` and ``execute_input`` counts as one message and,
-    for ``stream`` messages only, as its size in bytes.  When the message rate
-    goes over ``msg_rate`` (or the byte rate over ``data_rate``), the client
-    gets one warning on stderr and then nothing until the rate falls below 80 %
-    of the limit; dropped messages do not count.  A ``status: idle`` resets
-    everything.  A limit of 0 is off.
-    """
-
-    EXEMPT = frozenset({"status", "comm_open", "execute_input"})
-
-    def __init__(self, msg_rate: float, data_rate: float, window: float, clock=time.monotonic):
-        self.msg_rate = msg_rate
-        self.data_rate = data_rate
-        self.window = window
-        self._clock = clock
-        self._queue: deque = deque()  # (expiry, bytes) of every counted message
-        self._count = 0
-        self._bytes = 0
-        self.msgs_exceeded = False
-        self.data_exceeded = False
-
-    def admit(self, message) -> tuple[bool, str | None]:
-        """``(send it, warning to send first or None)`` for one iopub message."""
-        msg_type = message.msg_type
-        if msg_type == "status":
-            if message.execution_state == "idle":
-                self._queue.clear()
-                self._count = self._bytes = 0
-                self.msgs_exceeded = self.data_exceeded = False
-            return True, None
-        if msg_type in self.EXEMPT:
-            return True, None
-        now = self._clock()
-        queue = self._queue
-        while queue and queue[0][0] <= now:
-            self._bytes -= queue.popleft()[1]
-            self._count -= 1
-        size = message.size if msg_type == "stream" else 0
-        self._count += 1
-        self._bytes += size
-        queue.append((now + self.window, size))
-        msg_rate = self._count / self.window
-        data_rate = self._bytes / self.window
-        warning = None
-        if self.msg_rate > 0 and msg_rate > self.msg_rate:
-            if not self.msgs_exceeded:
-                self.msgs_exceeded = True
-                warning = self._text("message", "iopub_msg_rate_limit", self.msg_rate, "msgs/sec")
-        elif self.msgs_exceeded and msg_rate < 0.8 * self.msg_rate:
-            self.msgs_exceeded = False
-        if self.data_rate > 0 and data_rate > self.data_rate:
-            if not self.data_exceeded:
-                self.data_exceeded = True
-                warning = self._text("data", "iopub_data_rate_limit", self.data_rate, "bytes/sec")
-        elif self.data_exceeded and data_rate < 0.8 * self.data_rate:
-            self.data_exceeded = False
-        if self.msgs_exceeded or self.data_exceeded:
-            self._count -= 1  # not sent: it does not count
-            self._bytes -= size
-            queue.pop()
-            return False, warning
-        return True, warning
-
-    def _text(self, what: str, option: str, limit: float, unit: str) -> str:
-        flag = "--" + option.replace("_", "-")
-        return (f"IOPub {what} rate exceeded.\n"
-                "The gateway will temporarily stop sending output\n"
-                "to the client in order to avoid crashing it.\n"
-                f"To change this limit, set {flag} (or {option.upper()} / KG_{option.upper()}).\n\n"
-                "Current values:\n"
-                f"{option}={limit} ({unit})\n"
-                f"rate_limit_window={self.window} (secs)\n")
-
-
-def _warning_message(text: str, parent, session: str) -> KernelMessage:
-    """An iopub ``stream`` message on stderr answering ``parent`` (raw parent header bytes)."""
-    header = make_header("stream", session)
-    parts = [dumps(header), bytes(parent), b"{}", dumps({"name": "stderr", "text": text})]
-    return KernelMessage("iopub", b"", parts, header["msg_id"], "stream", None)
-
-
-_ENCODERS = {V1: _encode_v1, LEGACY: _encode_legacy}
+_ENCODERS = {V1: encode_v1_frame, LEGACY: encode_legacy_frame}
 _DECODERS = {
     (V1, True): wire.decode_client_v1,
     (LEGACY, False): wire.decode_client_legacy_text,
     (LEGACY, True): wire.decode_client_legacy_binary,
 }
 
-
-class ConnectionCounter:
-    """Open WebSockets per tenant, so ``max_connections`` is checked before the upgrade.
-
-    A place is reserved when the upgrade is accepted and released when that
-    connection is lost, whatever happened in between, so the count cannot
-    drift and concurrent upgrades cannot overshoot the limit.
-    """
-
-    def __init__(self):
-        self.open: dict[str, int] = {}
-        self.protocols: dict[str, set] = {}
-
-    def reserve(self, tenant: str, limit: int | None):
-        if limit is not None and self.open.get(tenant, 0) >= limit:
-            raise ResourceLimit(f"tenant {tenant} reached its limit of {limit} connections")
-        self.open[tenant] = self.open.get(tenant, 0) + 1
-        released = []
-
-        def release() -> None:
-            if not released:
-                released.append(True)
-                self.open[tenant] -= 1
-                if not self.open[tenant]:
-                    del self.open[tenant]
-
-        return release
-
-    def close_tenant(self, tenant: str, reason: str) -> None:
-        """Close every connection of a tenant (removed from the tenants file)."""
-        for protocol in list(self.protocols.get(tenant, ())):
-            protocol.disconnect(1000, reason)
-            protocol.dropConnection(abort=False)
 
 
 @implementer(IKernelClient)
@@ -541,7 +89,7 @@ class ChannelsProtocol(WebSocketServerProtocol):
     attached = False
     #: non-zero once disconnected for being too slow: the buffer limit it went over
     dropped_as_slow = 0
-    _outbox: _Outbox | None = None  # set when the WebSocket opens
+    _outbox: Outbox | None = None  # set when the WebSocket opens
     _corked: list | None = None  # frames held back until the read batch ends
     _rate_limit: IOPubRateLimit | None = None
 
@@ -555,9 +103,9 @@ class ChannelsProtocol(WebSocketServerProtocol):
         limit = self.factory.client_buffer_limit
         if (isinstance(transport, tcp.Connection) and not transport.TLS
                 and hasattr(transport, "_tempDataLen") and hasattr(transport, "socket")):
-            self._outbox = _TCPOutbox(transport, limit)
+            self._outbox = TCPOutbox(transport, limit)
         else:
-            self._outbox = _Outbox(transport, limit)
+            self._outbox = Outbox(transport, limit)
         limits = self.factory.rate_limits
         if limits is not None:
             self._rate_limit = IOPubRateLimit(*limits)
@@ -661,7 +209,7 @@ class ChannelsProtocol(WebSocketServerProtocol):
         if self._rate_limit is not None and message.channel == "iopub":
             send, warning = self._rate_limit.admit(message)
             if warning is not None:
-                self._write(self._encode(_warning_message(warning, message.parts[1], self.session_id)),
+                self._write(self._encode(warning_message(warning, message.parts[1], self.session_id)),
                             message.batch)
             if not send:
                 return
@@ -710,14 +258,14 @@ class ChannelsProtocol(WebSocketServerProtocol):
     def sendData(self, data, sync=False, chopsize=None):  # noqa: N802 - autobahn API
         """autobahn's own writes (handshake, pings, close): behind any frames still queued."""
         outbox = self._outbox
-        if isinstance(outbox, _TCPOutbox) and outbox.queue:
+        if isinstance(outbox, TCPOutbox) and outbox.queue:
             outbox.write_data(data)
         else:
             super().sendData(data, sync, chopsize)
 
     def _closeConnection(self, abort=False):  # noqa: N802 - autobahn API
         outbox = self._outbox
-        if not abort and isinstance(outbox, _TCPOutbox) and outbox.queue:
+        if not abort and isinstance(outbox, TCPOutbox) and outbox.queue:
             outbox.lose_when_empty = True  # after the close frame, still queued
             # ... unless the peer stops reading now
             self._abort_call = self.factory.reactor.callLater(SLOW_CLOSE_TIMEOUT, self._abort)
@@ -753,7 +301,7 @@ class ChannelsProtocol(WebSocketServerProtocol):
             self.attached = False
             self.factory.registry.detach(self.kernel_id, self)
         outbox = self._outbox
-        if isinstance(outbox, _TCPOutbox):
+        if isinstance(outbox, TCPOutbox):
             outbox.trim()  # free the backlog now; the close frame follows the frame under way
             # little is left waiting: give the client time to read the reason before the drop
             self.closeHandshakeTimeout = SLOW_CLOSE_TIMEOUT
@@ -786,7 +334,7 @@ def make_channels_factory(registry, config) -> WebSocketServerFactory:
         "maxFramePayloadSize": config.max_message_size,
         "openHandshakeTimeout": 30,
         "tcpNoDelay": True,
-        # Legacy text frames are parsed as strict UTF-8 JSON by jkg.web.wire anyway.
+        # Legacy text frames are parsed as strict UTF-8 JSON by jkg.wire anyway.
         "utf8validateIncoming": False,
     }
     if config.ws_ping_interval:

@@ -331,13 +331,13 @@ def decode_client_legacy_text(payload: str | bytes) -> IncomingMessage:
     return _from_legacy(_loads_message(payload), [])
 
 
-def decode_client_legacy_binary(frame: bytes) -> IncomingMessage:
-    """Decode a legacy binary frame: offset table, JSON message, then the buffers.
+def split_legacy_binary(frame: bytes) -> tuple[memoryview, list[bytes]]:
+    """``(JSON part, buffers)`` of a legacy binary frame (either direction), its layout checked strictly.
 
-    The JSON part is checked as in the text case (a ``"buffers"`` key in it is ignored, as
-    jupyter_server overwrites it); the binary buffers become ``parts[4:]``.
+    Big-endian uint32 ``nbufs``, ``nbufs`` offsets (the first right after the
+    table, never going backwards, within the frame), then the parts.
 
-    :raises WireError: bad layout, or a bad JSON part.
+    :raises WireError: bad layout.
     """
     frame = _as_bytes(frame, "legacy binary")
     size = len(frame)
@@ -353,8 +353,19 @@ def decode_client_legacy_binary(frame: bytes) -> IncomingMessage:
     if offsets[0] != table_end or offsets[-1] > size or not all(map(le, offsets, offsets[1:])):
         raise WireError("offsets out of order or out of range")
     ends = (*offsets[1:], size)
-    msg = _loads_message(memoryview(frame)[offsets[0]:ends[0]])
-    return _from_legacy(msg, [frame[a:b] for a, b in zip(offsets[1:], ends[1:])])
+    return memoryview(frame)[offsets[0]:ends[0]], [frame[a:b] for a, b in zip(offsets[1:], ends[1:])]
+
+
+def decode_client_legacy_binary(frame: bytes) -> IncomingMessage:
+    """Decode a legacy binary frame: offset table, JSON message, then the buffers.
+
+    The JSON part is checked as in the text case (a ``"buffers"`` key in it is ignored, as
+    jupyter_server overwrites it); the binary buffers become ``parts[4:]``.
+
+    :raises WireError: bad layout, or a bad JSON part.
+    """
+    data, buffers = split_legacy_binary(frame)
+    return _from_legacy(_loads_message(data), buffers)
 
 
 _FRAME_SHORT = Struct(">BB")

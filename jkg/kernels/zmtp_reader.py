@@ -1,0 +1,195 @@
+"""The reading half of a ZMTP connection: frames out of the socket, messages to the consumer.
+
+:class:`ZmtpReader` is mixed into :class:`jkg.kernels.zmtp.ZmtpConnection`,
+which owns the socket, the state and the buffers; it is kept apart because it
+is the hot path and the part measured against pyzmq's reader.  Small frames
+are copied out of one read buffer; a large frame (``LARGE_FRAME`` or more) is
+received straight into a buffer of its own (from the gateway's
+:class:`~jkg.kernels.zmtp_wire.BufferPool`) and handed on as a read-only view.
+"""
+from __future__ import annotations
+
+from twisted.logger import Logger
+
+from .zmtp_wire import (CLOSED, COMMAND, GREETING_WAIT, HANDSHAKE, LARGE_FRAME, LONG, MAX_FRAME, MORE, READ_BUDGET,
+                        READY, RECONNECT_FIRST, ProtocolError, check_greeting, command, parse_properties)
+
+log = Logger()
+
+
+class ZmtpReader:
+    """``doRead`` and the frame parser of :class:`~jkg.kernels.zmtp.ZmtpConnection`."""
+
+    def doRead(self) -> None:  # noqa: N802 - Twisted API
+        budget = READ_BUDGET
+        while budget > 0:
+            sock = self._sock
+            if sock is None:
+                return
+            big = self._big
+            try:
+                if big is not None:
+                    wanted = len(big) - self._big_filled
+                    count = sock.recv_into(big[self._big_filled:])
+                else:
+                    if self._end == len(self._buf):
+                        self._compact()
+                    wanted = len(self._buf) - self._end
+                    count = sock.recv_into(self._view[self._end:])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                self._lost(error)
+                return
+            if not count:
+                self._lost("closed by the kernel")
+                return
+            budget -= count
+            full = count == wanted
+            if big is not None:
+                self._big_filled += count
+                if not full:
+                    return  # drained for now (epoll is level-triggered: more data wakes us again)
+                self._big = None
+                self._frame(self._big_flags, big.toreadonly())
+                if self._sock is None:
+                    return
+            else:
+                self._end += count
+            try:
+                self._parse()
+            except ProtocolError as error:
+                log.warn("closing connection to {address}: {error}", address=self._address, error=error)
+                self._lost(error)
+                return
+            if not full:
+                return  # the socket is drained (epoll is level-triggered: more data wakes us again)
+
+    def _compact(self) -> None:
+        start, end = self._start, self._end
+        if start:
+            self._buf[:end - start] = self._view[start:end]
+            self._start, self._end = 0, end - start
+
+    # -- frames ------------------------------------------------------------------------
+    def _parse(self) -> None:
+        """Handle every complete frame in the read buffer; dispatch complete messages."""
+        buf, view = self._buf, self._view
+        pos, end = self._start, self._end
+        state = self._state
+        if state == GREETING_WAIT:
+            if end - pos < 64:
+                return
+            check_greeting(bytes(view[pos:pos + 64]))
+            pos += 64
+            self._state = state = HANDSHAKE
+        messages = []
+        frames = self._frames
+        while True:
+            avail = end - pos
+            if avail < 2:
+                break
+            flags = buf[pos]
+            if flags & LONG:
+                if avail < 9:
+                    break
+                size = int.from_bytes(view[pos + 1:pos + 9], "big")
+                start = pos + 9
+            else:
+                size = buf[pos + 1]
+                start = pos + 2
+            stop = start + size
+            if stop > end:
+                if flags & COMMAND and size > 0xFFFF:
+                    raise ProtocolError(f"command of {size} bytes")
+                if size >= LARGE_FRAME and not flags & COMMAND:
+                    if size > MAX_FRAME:
+                        raise ProtocolError(f"frame of {size} bytes")
+                    big = memoryview(self._owner.buffers.get(size))[:size]
+                    big[:end - start] = view[start:end]
+                    self._big, self._big_filled, self._big_flags = big, end - start, flags
+                    pos = end
+                break
+            if flags & COMMAND:
+                pos = stop
+                self._command(bytes(view[start:stop]))
+                state = self._state
+                continue
+            if state != READY:
+                raise ProtocolError("message before the handshake")
+            frames.append(bytes(view[start:stop]) if size < LARGE_FRAME else memoryview(bytes(view[start:stop])))
+            pos = stop
+            if not flags & MORE:
+                messages.append(frames)
+                frames = []
+        self._frames = frames
+        if pos == end:
+            pos = end = 0
+        self._start, self._end = pos, end
+        if messages:
+            self._dispatch(messages)
+
+    def _frame(self, flags: int, body) -> None:
+        """A large frame received into its own buffer."""
+        self._frames.append(body)
+        if not flags & MORE:
+            messages, self._frames = [self._frames], []
+            self._dispatch(messages)
+
+    def _dispatch(self, messages: list) -> None:
+        on_message = self.on_message
+        if len(messages) == 1:
+            try:
+                on_message(messages[0])
+            except Exception:  # noqa: BLE001 - one bad message must not stop the connection
+                log.failure("handling a message from a kernel")
+            return
+        batch = self._owner.batch
+        opened = not batch.open
+        batch.open = True
+        try:
+            for frames in messages:
+                if self._state == CLOSED:
+                    break
+                try:
+                    on_message(frames)
+                except Exception:  # noqa: BLE001
+                    log.failure("handling a message from a kernel")
+        finally:
+            if opened:
+                for flush in batch.close():
+                    try:
+                        flush()
+                    except Exception:  # noqa: BLE001
+                        log.failure("writing to clients")
+
+    def _command(self, data: bytes) -> None:
+        if not data:
+            raise ProtocolError("empty command")
+        name = data[1:1 + data[0]]
+        body = data[1 + data[0]:]
+        if name == b"READY":
+            if self._state != HANDSHAKE:
+                raise ProtocolError("READY after the handshake")
+            props = parse_properties(body)
+            peer = props.get("socket-type", b"")
+            expected = {b"DEALER": (b"ROUTER", b"DEALER", b"REP"),
+                        b"SUB": (b"PUB", b"XPUB")}.get(self._socket_type, ())
+            if peer not in expected:
+                raise ProtocolError(f"a {peer.decode('ascii', 'replace')} socket cannot talk to a "
+                                    f"{self._socket_type.decode()} socket")
+            self._state = READY
+            self._delay = RECONNECT_FIRST
+            if self._subscribe:
+                # A one-byte message subscribes to everything (ZMTP 3.0).  It may only
+                # follow the kernel's READY: before that, libzmq would take it for a
+                # malformed handshake command and drop the connection.
+                self._write([b"\x00\x01\x01"])
+            self._flush_queued()
+            if self.on_ready is not None:
+                self.on_ready()
+        elif name == b"ERROR":
+            raise ProtocolError(f"kernel refused the connection: {body[1:1 + body[:1][0]] if body else b''!r}")
+        elif name == b"PING":  # ZMTP 3.1 heartbeat: answer with its context
+            self._write([command(b"PONG", body[2:])])
+        # PONG and anything else: nothing to do

@@ -1,0 +1,147 @@
+"""ZMTP 3.0 on the wire: greeting, frames, commands; pure functions and the reader's buffers.
+
+https://rfc.zeromq.org/spec/23/ -- the wire protocol of libzmq >= 4 and every
+Jupyter kernel -- with the NULL mechanism, client side only.  Nothing here
+touches a socket or knows about Jupyter: :mod:`jkg.kernels.zmtp` drives the
+connections, :mod:`jkg.kernels.channels` puts Jupyter messages on them.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+#: Frames at least this large are received into a buffer of their own and passed
+#: on as a view (never copied); smaller ones are copied out of the read buffer.
+LARGE_FRAME = 64 * 1024
+#: The read buffer; one ``recv_into`` fills at most this much.
+READ_BUFFER = 256 * 1024
+#: Bytes read from one connection before other connections get a turn.
+READ_BUDGET = 4 * 1024 * 1024
+#: Largest frame accepted from a kernel (a corrupt length must not allocate terabytes).
+MAX_FRAME = 1 << 34
+#: Messages kept for a kernel that is not reachable (yet); older ones are dropped beyond this.
+MAX_QUEUED = 10_000
+RECONNECT_FIRST = 0.01
+RECONNECT_MAX = 1.0
+IOV_MAX = 512
+
+GREETING = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
+MORE, LONG, COMMAND = 1, 2, 4
+#: the states of a connection
+CONNECTING, GREETING_WAIT, HANDSHAKE, READY, WAITING, CLOSED = range(6)
+
+
+class ProtocolError(Exception):
+    """The peer does not speak ZMTP 3 with the NULL mechanism as expected."""
+
+
+def frame_header(size: int, flags: int) -> bytes:
+    if size < 256:
+        return bytes((flags, size))
+    return bytes((flags | LONG,)) + size.to_bytes(8, "big")
+
+
+def command(name: bytes, body: bytes) -> bytes:
+    data = bytes((len(name),)) + name + body
+    return frame_header(len(data), COMMAND) + data
+
+
+def ready_command(socket_type: bytes, identity: bytes | None) -> bytes:
+    props = [(b"Socket-Type", socket_type)]
+    if identity is not None:
+        props.append((b"Identity", identity))
+    body = b"".join(bytes((len(name),)) + name + len(value).to_bytes(4, "big") + value for name, value in props)
+    return command(b"READY", body)
+
+
+def parse_properties(data: bytes) -> dict:
+    props, pos = {}, 0
+    while pos < len(data):
+        size = data[pos]
+        name = data[pos + 1:pos + 1 + size]
+        pos += 1 + size
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        props[name.decode("ascii", "replace").lower()] = data[pos + 4:pos + 4 + length]
+        pos += 4 + length
+        if pos > len(data):
+            raise ProtocolError("truncated READY properties")
+    return props
+
+
+def encode_message(frames: Sequence) -> list:
+    """The pieces (headers and the frames themselves, never copied) of one multipart message."""
+    pieces = []
+    last = len(frames) - 1
+    for index, frame in enumerate(frames):
+        pieces.append(frame_header(len(frame), MORE if index < last else 0))
+        pieces.append(frame)
+    return pieces
+
+
+def check_greeting(greeting: bytes) -> None:
+    """:raises ProtocolError: unless ``greeting`` (64 bytes) is a ZMTP 3 peer's with the NULL mechanism."""
+    if greeting[0] != 0xFF or greeting[9] != 0x7F:
+        raise ProtocolError("not a ZMTP peer")
+    if greeting[10] < 3:
+        raise ProtocolError(f"ZMTP {greeting[10]}.x peer; ZMTP 3 is needed")
+    if greeting[12:32].rstrip(b"\x00") != b"NULL":
+        raise ProtocolError(f"security mechanism {greeting[12:32].rstrip(bytes(1))!r}; NULL is needed")
+
+
+class BufferPool:
+    """Buffers for large frames, reused once nothing refers to them any more.
+
+    A large frame is received into a buffer of its own and handed on as a
+    view; a fresh buffer for each would cost page faults and zero-filling on
+    every large message.  A pooled buffer is taken again only when its
+    reference count shows that no view of it is alive (the message and every
+    frame made of it are gone).  At most ``keep`` buffers and ``max_bytes``
+    are kept.
+    """
+
+    GRAIN = 64 * 1024
+
+    def __init__(self, keep: int = 4, max_bytes: int = 16 * 1024 * 1024):
+        self.keep = keep
+        self.max_bytes = max_bytes
+        self._buffers: list[bytearray] = []
+
+    def get(self, size: int) -> bytearray:
+        """A buffer of at least ``size`` bytes that nobody else uses."""
+        buffers = self._buffers
+        for index in range(len(buffers)):
+            # referenced by the list, the call's argument and nothing else: free
+            if size <= len(buffers[index]) <= 2 * size and sys.getrefcount(buffers[index]) == 2:
+                return buffers[index]
+        buffer = bytearray(-(-size // self.GRAIN) * self.GRAIN)
+        if len(buffers) < self.keep and sum(map(len, buffers)) + len(buffer) <= self.max_bytes:
+            buffers.append(buffer)
+        return buffer
+
+
+class ReadBatch:
+    """Messages read from the kernels in one go, so that writes to clients can be coalesced.
+
+    The reader of kernel sockets opens a batch when it sees that more messages
+    are waiting behind the one at hand, attaches it to the messages
+    (``KernelMessage.batch``) and closes it when none are left.  While it is
+    open, a consumer may hold back its writes and :meth:`defer` a flush: a
+    burst of small outputs then costs one ``send`` per client instead of one
+    per message.  A message read on its own has no batch and is written at once.
+    """
+
+    __slots__ = ("open", "_flushes")
+
+    def __init__(self):
+        self.open = False
+        self._flushes: list = []
+
+    def defer(self, flush) -> None:
+        """Call ``flush()`` when the batch closes."""
+        self._flushes.append(flush)
+
+    def close(self) -> list:
+        """Close the batch; return the flushes to run (the caller runs and guards them)."""
+        self.open = False
+        flushes, self._flushes = self._flushes, []
+        return flushes

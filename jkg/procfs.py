@@ -1,0 +1,83 @@
+"""What Linux's ``/proc`` says about a process: the one module that reads it.
+
+Start times (clock ticks since boot, field 22 of ``/proc/PID/stat``) tell a
+process apart from a later one that reuses its pid; a zombie counts as gone.
+Every function here blocks on file reads of the kernel's in-memory files
+(cheap, but :func:`process_naming_file` walks every process: call it off
+the reactor).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state first), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, to tell a reused pid apart."""
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[19]) if fields is not None else None
+    except (ValueError, IndexError):
+        return None
+
+
+def pid_alive(pid: int, start_time: int | None = None) -> bool:
+    """Whether ``pid`` runs (not a zombie) and, given ``start_time``, is still that process."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, but not ours to signal
+    fields = _stat_fields(pid)
+    if fields is not None and fields and fields[0] == "Z":
+        return False
+    return start_time is None or process_start_time(pid) == start_time
+
+
+def process_identity(pid: int) -> tuple[int, tuple[int, int]] | None:
+    """``(start time, network namespace id)`` of a live process; None if it is gone or a zombie."""
+    fields = _stat_fields(pid)
+    try:
+        netns = os.stat(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+    if not fields or fields[0] == "Z" or len(fields) < 20:
+        return None
+    return int(fields[19]), (netns.st_dev, netns.st_ino)
+
+
+def process_naming_file(path: str) -> int | None:
+    """The pid of the one process whose arguments name exactly the file ``path``.
+
+    Relative arguments are resolved against that process's working
+    directory; when no process or more than one matches, the pid is unknown
+    and the caller has to do without it.
+    """
+    target = os.path.realpath(path)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")[1:]
+            if not any(os.path.basename(target).encode() in argument for argument in arguments):
+                continue
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        for argument in arguments:
+            text = argument.decode("utf-8", "replace")
+            if text and os.path.realpath(os.path.join(cwd, text)) == target:
+                found.append(int(entry.name))
+                break
+    return found[0] if len(found) == 1 else None
