@@ -25,7 +25,6 @@ setup(
         "klein>=24.8",
         "service_identity>=24.1",
         "ipykernel>=6.29",
-        "attrs>=23.1",
         "bcrypt>=4.1",
         "zope.interface>=6",
     ],

@@ -81,15 +81,14 @@ class _Listener(StreamServerEndpointService):
 
 
 class _ZmqService(Service):
-    """Closes the ZeroMQ context; added first, so stopped after the kernels."""
+    """Closes every connection to kernels; added first, so stopped after the kernels."""
 
     def __init__(self, factory):
         self.factory = factory
 
     def stopService(self):  # noqa: N802 - Twisted API
         super().stopService()
-        if self.factory.context is not None:
-            self.factory.shutdown()
+        self.factory.shutdown()
 
 
 def make_gateway(config: GatewayConfig, reactor) -> Gateway:

@@ -24,19 +24,12 @@ from struct import Struct
 from struct import error as _StructError
 from typing import Any, NamedTuple, Sequence
 
-try:  # optional, and only used where it cannot change the result
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - exercised only without orjson
-    _orjson = None
+import msgspec as _msgspec
+import orjson as _orjson
 
-try:  # optional: a strict, exact decoder (ints of any size stay ints) 4x faster than json
-    import msgspec as _msgspec
-
-    _fast_loads = _msgspec.json.Decoder().decode
-    _FAST_ERRORS: tuple = (_msgspec.DecodeError, _msgspec.ValidationError, ValueError, RecursionError)
-except ImportError:  # pragma: no cover - exercised only without msgspec
-    _fast_loads = None
-    _FAST_ERRORS = ()
+# msgspec: a strict, exact decoder (ints of any size stay ints) 4x faster than json.
+_fast_loads = _msgspec.json.Decoder().decode
+_FAST_ERRORS: tuple = (_msgspec.DecodeError, _msgspec.ValidationError, ValueError, RecursionError)
 
 __all__ = [
     "V1_PROTOCOL", "CHANNELS", "WireError", "IncomingMessage", "encode_v1", "encode_v1_pieces",
@@ -101,41 +94,38 @@ def _pack_stdlib(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
-if _orjson is not None:
-    # Datetimes and dataclasses go to json (which refuses them): both paths accept the same.
-    _ORJSON_OPTIONS = _orjson.OPT_PASSTHROUGH_DATETIME | _orjson.OPT_PASSTHROUGH_DATACLASS
+# Datetimes and dataclasses go to json (which refuses them): both paths accept the same.
+_ORJSON_OPTIONS = _orjson.OPT_PASSTHROUGH_DATETIME | _orjson.OPT_PASSTHROUGH_DATACLASS
 
-    def pack_json(obj: Any) -> bytes:
-        """Compact UTF-8 JSON: no spaces, non-ASCII kept, NaN/Infinity refused.
 
-        orjson is tried first; what it refuses (non-str keys, ints beyond 64 bits, lone
-        surrogates) goes to :mod:`json`.  orjson writes NaN/Infinity as ``null``, so output
-        containing ``null`` is redone with :mod:`json`, which refuses them.
+def pack_json(obj: Any) -> bytes:
+    """Compact UTF-8 JSON: no spaces, non-ASCII kept, NaN/Infinity refused.
 
-        :raises ValueError: NaN/Infinity, or strings that cannot be UTF-8.
-        :raises TypeError: objects JSON cannot represent.
-        """
-        try:
-            out = _orjson.dumps(obj, option=_ORJSON_OPTIONS)
-        except TypeError:
-            out = b"null"
-        return _pack_stdlib(obj) if b"null" in out else out
+    orjson is tried first; what it refuses (non-str keys, ints beyond 64 bits, lone
+    surrogates) goes to :mod:`json`.  orjson writes NaN/Infinity as ``null``, so output
+    containing ``null`` is redone with :mod:`json`, which refuses them.
 
-    def _loads_header(raw: bytes) -> Any:
-        """orjson as an accelerator only: it turns ints beyond 64 bits into floats and refuses
-        some inputs json reads.  Standard header fields are all strings, which it reads
-        exactly; any other header is re-read with the exact parser."""
-        try:
-            header = _orjson.loads(raw)
-        except ValueError:
-            header = None
-        if type(header) is dict and all(type(v) is str for v in header.values()):
-            return header
-        return _loads_stdlib(raw)
+    :raises ValueError: NaN/Infinity, or strings that cannot be UTF-8.
+    :raises TypeError: objects JSON cannot represent.
+    """
+    try:
+        out = _orjson.dumps(obj, option=_ORJSON_OPTIONS)
+    except TypeError:
+        out = b"null"
+    return _pack_stdlib(obj) if b"null" in out else out
 
-else:  # pragma: no cover - exercised only without orjson
-    pack_json = _pack_stdlib
-    _loads_header = _loads_stdlib
+
+def _loads_header(raw: bytes) -> Any:
+    """orjson as an accelerator only: it turns ints beyond 64 bits into floats and refuses
+    some inputs json reads.  Standard header fields are all strings, which it reads
+    exactly; any other header is re-read with the exact parser."""
+    try:
+        header = _orjson.loads(raw)
+    except ValueError:
+        header = None
+    if type(header) is dict and all(type(v) is str for v in header.values()):
+        return header
+    return _loads_stdlib(raw)
 
 
 def _quote(value: Any) -> bytes:
@@ -304,15 +294,14 @@ def _from_legacy(msg: Any, buffers: list[bytes]) -> IncomingMessage:
 def _loads_message(data: str | bytes | memoryview) -> Any:
     """Full parse: the dicts are re-packed, so the parse must be exact.
 
-    msgspec (when installed) parses strict JSON exactly, big integers included; whatever
+    msgspec parses strict JSON exactly, big integers included; whatever
     it refuses (NaN, lone surrogates, numbers beyond float range, deep nesting) is left to
     :mod:`json`, so the result -- or the refusal -- is always json's.
     """
-    if _fast_loads is not None:
-        try:
-            return _fast_loads(data)
-        except _FAST_ERRORS:
-            pass
+    try:
+        return _fast_loads(data)
+    except _FAST_ERRORS:
+        pass
     try:
         return _loads_stdlib(data)
     except UnicodeDecodeError:

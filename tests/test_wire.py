@@ -6,11 +6,9 @@ gateway must put exactly what jupyter_server would on the wire, and read what it
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import struct
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -596,63 +594,26 @@ def test_oracle_legacy_incoming_text(channel, h, p, m, c):
     assert _semantic(ours.parts) == _semantic(theirs)
 
 
-# ---------------------------------------------------------------- without orjson
+# ---------------------------------------------------------------- the exact json path
 
 
-@pytest.fixture(scope="module")
-def stdlib_wire():
-    """A private copy of the module imported with orjson unavailable (the json fallback)."""
-    spec = importlib.util.spec_from_file_location("_jkg_wire_without_orjson", wire.__file__)
-    module = importlib.util.module_from_spec(spec)
-    saved = sys.modules.get("orjson", None)
-    sys.modules["orjson"] = None  # makes "import orjson" raise ImportError
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        if saved is None:
-            del sys.modules["orjson"]
-        else:
-            sys.modules["orjson"] = saved
-    assert module._orjson is None and module.pack_json is module._pack_stdlib
-    return module
-
-
-def test_stdlib_fallback_basics(stdlib_wire):
-    w = stdlib_wire
-    assert w.pack_json({"a": "é", "b": [None, 1.5]}) == '{"a":"é","b":[null,1.5]}'.encode()
+def test_stdlib_path_basics():
+    """What orjson/msgspec refuse goes to json, which must be compact, strict and exact."""
+    assert wire._pack_stdlib({"a": "é", "b": [None, 1.5]}) == '{"a":"é","b":[null,1.5]}'.encode()
     with pytest.raises(ValueError):
-        w.pack_json(math.nan)
-    frame = encode_v1("shell", kernel_parts(header(TRICKY_ID), buffers=[b""]))
-    assert w.decode_client_v1(frame) == decode_client_v1(frame)
-    for bad in (b'{"msg_id":"1","msg_type":"x","v":NaN}', b"\xff", b"[]"):
-        with pytest.raises(w.WireError):
-            w.decode_client_v1(encode_v1("shell", [bad, b"{}", b"{}", b"{}"]))
+        wire._pack_stdlib(math.nan)
+    with pytest.raises(ValueError):
+        wire._loads_stdlib(b'{"msg_id":"1","msg_type":"x","v":NaN}')
+    with pytest.raises(ValueError):
+        wire._loads_stdlib(b"\xff")
+    assert wire._loads_stdlib(b'{"big":123456789012345678901234567890}') == {"big": 123456789012345678901234567890}
 
 
-@given(channels, headers, json_objects, json_objects, json_objects, buffer_lists)
+@given(json_objects)
 @fast
-def test_stdlib_fallback_agrees(stdlib_wire, channel, h, p, m, c, bufs):
-    parts = [pack_json(h), pack_json(p), pack_json(m), pack_json(c), *bufs]
-    w = stdlib_wire
-    for x in (h, p, m, c):
-        assert json.loads(w.pack_json(x)) == json.loads(pack_json(x))
-    assert w.encode_v1(channel, parts) == encode_v1(channel, parts)
-    legacy = w.encode_legacy(channel, parts, h["msg_id"], h["msg_type"])
-    assert legacy == encode_legacy(channel, parts, h["msg_id"], h["msg_type"])
-    decode = w.decode_client_legacy_binary if legacy[1] else w.decode_client_legacy_text
-    assert decode(legacy[0]) == (channel, h, [w.pack_json(x) for x in (h, p, m, c)] + bufs)
-    assert w.decode_client_v1(encode_v1(channel, parts)) == (channel, h, parts)
-
-
-@given(st.binary(max_size=300))
-@fast
-def test_stdlib_fallback_garbage_only_raises_wire_error(stdlib_wire, data):
-    for name in ("decode_v1", "decode_client_v1", "decode_client_legacy_binary",
-                 "decode_client_legacy_text"):
-        try:
-            getattr(stdlib_wire, name)(data)
-        except stdlib_wire.WireError:
-            pass
+def test_stdlib_path_agrees(obj):
+    assert json.loads(wire._pack_stdlib(obj)) == json.loads(pack_json(obj))
+    assert wire._loads_stdlib(wire._pack_stdlib(obj)) == json.loads(pack_json(obj))
 
 
 @pytest.mark.parametrize("length", [0, 125, 126, 65535, 65536, 3_000_000])

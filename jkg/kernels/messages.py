@@ -10,25 +10,14 @@ import datetime
 import uuid
 from typing import Sequence
 
-try:  # orjson parses small headers several times faster than json.
-    import orjson as _orjson
+import orjson
 
-    def loads(data: bytes):
-        return _orjson.loads(data)
+# orjson parses small headers several times faster than json.
+loads = orjson.loads
 
-    def dumps(obj) -> bytes:
-        return _orjson.dumps(obj)
 
-except ImportError:  # pragma: no cover - orjson is an optional speed-up
-    import json as _json
-
-    def loads(data):
-        if isinstance(data, memoryview):
-            data = bytes(data)
-        return _json.loads(data)
-
-    def dumps(obj) -> bytes:
-        return _json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+def dumps(obj) -> bytes:
+    return orjson.dumps(obj)
 
 
 DELIMITER = b"<IDS|MSG>"

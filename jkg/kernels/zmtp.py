@@ -36,24 +36,18 @@ log = Logger()
 
 
 class ZmqContext:
-    """The gateway's ZeroMQ side: the reactor that drives every connection, and them.
-
-    (The name and ``context``/``shutdown`` are kept from the txzmq days, for
-    the service that closes it last.)
-    """
+    """The gateway's ZeroMQ side: the reactor that drives every connection, and them."""
 
     def __init__(self, reactor):
         self.reactor = reactor
         self.connections: set[ZmtpConnection] = set()
         self.batch = ReadBatch()
         self.buffers = BufferPool()
-        self.context: ZmqContext | None = self
 
     def shutdown(self) -> None:
         """Close every connection still open."""
         for connection in list(self.connections):
             connection.close()
-        self.context = None
 
 
 def make_factory(reactor) -> ZmqContext:

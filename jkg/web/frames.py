@@ -48,18 +48,6 @@ class Frame:
 
 
 
-def _rest(pieces, sent: int) -> bytes:
-    """What follows the first ``sent`` bytes of ``pieces``, as one ``bytes``."""
-    for index, piece in enumerate(pieces):
-        if sent < len(piece):
-            if index == len(pieces) - 1 and type(piece) is bytes:
-                return piece[sent:]
-            return b"".join([memoryview(piece)[sent:], *pieces[index + 1:]])
-        sent -= len(piece)
-    return b""
-
-
-
 def encode_v1_frame(message) -> Frame:
     return Frame(wire.encode_v1_pieces(message.channel, message.parts), True)
 
