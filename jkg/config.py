@@ -87,6 +87,29 @@ def _text(value: str) -> str:
     return value
 
 
+def _ip(value: str) -> str:
+    """An IP address literal or ``localhost`` (``--ip``), so a typo is reported as one."""
+    import ipaddress
+
+    stripped = value.strip()
+    if stripped == "localhost":
+        return stripped
+    try:
+        return str(ipaddress.ip_address(stripped.strip("[]")))
+    except ValueError:
+        raise ValueError(f"not an IP address: {value!r}") from None
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        lowered = value.strip().lower()
+        if lowered not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return lowered
+
+    return parse
+
+
 @dataclass(frozen=True)
 class Option:
     """One configurable setting, described once for the CLI, env and docs."""
@@ -105,11 +128,16 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("ip", "127.0.0.1", _text, "Address to listen on (ignored when --listen is given).", ("KG_IP",)),
+    Option("ip", "127.0.0.1", _ip, "Address to listen on (ignored when --listen is given).", ("KG_IP",)),
     Option("port", "8888", _port, "Port to listen on (ignored when --listen is given).", ("KG_PORT",)),
     Option("listen", "", _text, "Twisted endpoint string to listen on, e.g. tcp:8888:interface=127.0.0.1, "
            "unix:/run/jkg.sock, ssl:8443:privateKey=key.pem:certKey=cert.pem, systemd:domain=INET:index=0. "
            "Repeatable; replaces --ip/--port.", ("JKG_LISTEN",), repeatable=True),
+    Option("certfile", "", _text, "PEM certificate: serve HTTPS/WSS on --ip/--port.", ("KG_CERTFILE",)),
+    Option("keyfile", "", _text, "PEM private key of --certfile (default: read from the certificate file).",
+           ("KG_KEYFILE",)),
+    Option("client_ca", "", _text, "PEM CA certificates: clients must present a certificate they signed "
+           "(needs --certfile).", ("KG_CLIENT_CA",)),
     Option("base_url", "/", _base_url, "URL prefix of every route.", ("KG_BASE_URL",)),
     Option("auth_token", "", _text, "Token clients must present (Authorization: token T, Bearer T or ?token=T).",
            ("KG_AUTH_TOKEN",)),
@@ -200,6 +228,9 @@ class GatewayConfig:
     ip: str = "127.0.0.1"
     port: int = 8888
     listen: tuple[str, ...] = ()
+    certfile: str = ""
+    keyfile: str = ""
+    client_ca: str = ""
     base_url: str = "/"
     auth_token: str = field(default="", repr=False)
     tenants: str = ""
@@ -247,7 +278,8 @@ class GatewayConfig:
         if self.listen:
             return self.listen
         interface = self.ip.replace(":", "\\:")
-        return (f"tcp:{self.port}:interface={interface}",)
+        kind = "ssl" if self.certfile else "tcp"
+        return (f"{kind}:{self.port}:interface={interface}",)
 
     @property
     def has_credentials(self) -> bool:
@@ -288,11 +320,21 @@ def is_loopback_endpoint(description: str) -> bool:
         return False
 
 
-def check_exposure(config: GatewayConfig) -> None:
-    """Refuse to serve anonymously beyond loopback unless explicitly asked to."""
+def check_exposure(config: GatewayConfig, socket_is_loopback: Callable[[str], bool | None] = lambda d: None) -> None:
+    """Refuse to serve anonymously beyond loopback unless explicitly asked to.
+
+    :param socket_is_loopback: for an endpoint description, whether its
+        already-open socket (one systemd passed) is bound to loopback; None
+        when the description alone decides.
+    """
     if config.has_credentials or config.allow_unauthenticated:
         return
-    exposed = [e for e in config.endpoints if not is_loopback_endpoint(e)]
+
+    def loopback(description: str) -> bool:
+        bound = socket_is_loopback(description)
+        return is_loopback_endpoint(description) if bound is None else bound
+
+    exposed = [e for e in config.endpoints if not loopback(e)]
     if exposed:
         raise ConfigError(f"refusing to serve without credentials on {exposed[0]} (not loopback): set "
                           "--auth-token or --tenants, or pass --allow-unauthenticated to accept the risk")
@@ -324,7 +366,13 @@ def build_config(cli: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
             values[option.name] = tuple(_parse(option, item, source) for item in items)
         else:
             values[option.name] = _parse(option, option.default if raw is None else raw, source)
-    return GatewayConfig(**values)
+    config = GatewayConfig(**values)
+    if (config.keyfile or config.client_ca) and not config.certfile:
+        raise ConfigError("--keyfile and --client-ca need --certfile (KG_CERTFILE)")
+    if config.certfile and config.listen:
+        raise ConfigError("--certfile applies to --ip/--port; with --listen, use an "
+                          "ssl:PORT:privateKey=KEY:certKey=CERT endpoint instead")
+    return config
 
 
 def _parse(option: Option, raw: str, source: str) -> Any:

@@ -8,6 +8,7 @@ runs on its loop).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from twisted.application.internet import StreamServerEndpointService
@@ -54,30 +55,92 @@ class GatewayService(MultiService):
                 yield child.stopService()
 
 
+def _systemd_error(description: str, error: Exception) -> str:
+    if isinstance(error, KeyError):
+        names = os.environ.get("LISTEN_FDNAMES", "")
+        return (f"systemd passed no socket named {error.args[0]!r} for {description} (names passed: "
+                f"{names or 'none'}); check FileDescriptorName= in the .socket unit and start jkg through it")
+    count = os.environ.get("LISTEN_FDS", "0") if os.environ.get("LISTEN_PID") == str(os.getpid()) else "0"
+    return f"systemd passed {count} socket(s), none at the index of {description}; start jkg through its .socket unit"
+
+
+def parse_endpoint(description: str, reactor, config: GatewayConfig | None = None):
+    """The server endpoint for one listener description, or a one-line :class:`ListenError`.
+
+    ``ssl:`` built from ``--ip``/``--port`` with ``--certfile`` is made here
+    (the string syntax cannot ask for client certificates).
+    """
+    if config is not None and config.certfile and not config.listen:
+        from .tls import tls_endpoint
+
+        return tls_endpoint(reactor, config)
+    try:
+        return serverFromString(reactor, description)
+    except (KeyError, IndexError) as error:
+        if description.startswith("systemd:"):
+            raise ListenError(_systemd_error(description, error)) from None
+        raise ListenError(f"invalid listen endpoint {description!r}: {type(error).__name__}: {error}") from None
+    except Exception as error:  # noqa: BLE001 - any parser, file or systemd fd error
+        raise ListenError(f"invalid listen endpoint {description!r}: {type(error).__name__}: {error}") from None
+
+
+def endpoint_is_loopback(endpoint) -> bool | None:
+    """For a socket systemd passed: whether it is bound to loopback (or a UNIX path); None otherwise."""
+    import ipaddress
+    import socket
+
+    fileno = getattr(endpoint, "fileno", None)
+    if fileno is None:
+        return None
+    family = getattr(endpoint, "addressFamily", socket.AF_INET)
+    try:
+        with socket.socket(fileno=os.dup(fileno)) as sock:
+            address = sock.getsockname()
+    except OSError:
+        return False
+    if family == socket.AF_UNIX:
+        return True
+    try:
+        return ipaddress.ip_address(address[0]).is_loopback
+    except (ValueError, IndexError, TypeError):
+        return False
+
+
+def _short(description: str, budget: int) -> str:
+    return description if len(description) <= budget else description[:budget - 1] + "…"
+
+
 class _Listener(StreamServerEndpointService):
     """A listener whose failure ends startup at once with one clear line.
 
     Like ``strports.service`` it listens synchronously in
     ``privilegedStartService``, so twistd never runs without its socket.
+    A daemonized twistd passes only the first 100 bytes of the error to the
+    waiting parent, so the reason comes whole and a long endpoint is
+    shortened; the full line goes to the log file too.
     """
 
     _raiseSynchronously = True
 
-    def __init__(self, description: str, factory, reactor):
-        try:
-            endpoint = serverFromString(reactor, description)
-        except Exception as error:  # noqa: BLE001 - any parser, file or systemd fd error
-            raise ListenError(f"invalid listen endpoint {description!r}: {type(error).__name__}: {error}") from None
-        super().__init__(endpoint, factory)
+    def __init__(self, description: str, factory, reactor, endpoint=None):
+        super().__init__(endpoint if endpoint is not None else parse_endpoint(description, reactor), factory)
         self.description = description
 
     def privilegedStartService(self):  # noqa: N802 - Twisted API
         try:
             super().privilegedStartService()
         except CannotListenError as error:
-            raise ListenError(f"cannot listen on {self.description}: {error.socketError}") from None
+            reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
+            raise self._fail(reason) from None
         except Exception as error:  # noqa: BLE001 - e.g. a systemd endpoint without a passed socket
-            raise ListenError(f"cannot listen on {self.description}: {type(error).__name__}: {error}") from None
+            raise self._fail(f"{type(error).__name__}: {error}") from None
+
+    def _fail(self, reason: str) -> ListenError:
+        from twisted.logger import Logger
+
+        Logger().critical("cannot listen on {endpoint}: {reason}", endpoint=self.description, reason=reason)
+        budget = max(20, 70 - len(reason) - len("cannot listen on : "))
+        return ListenError(f"cannot listen on {_short(self.description, budget)}: {reason}")
 
 
 class _ZmqService(Service):
@@ -158,10 +221,10 @@ def make_gateway_service(config: GatewayConfig, reactor, listen: bool = True) ->
     """
     from .systemd import ReadyNotifier
 
+    endpoints = [parse_endpoint(description, reactor, config) for description in config.endpoints] if listen else []
     gateway = make_gateway(config, reactor)
-    if listen:
-        for description in config.endpoints:
-            _Listener(description, gateway.site, reactor).setServiceParent(gateway.service)
+    for description, endpoint in zip(config.endpoints, endpoints):
+        _Listener(description, gateway.site, reactor, endpoint).setServiceParent(gateway.service)
     ReadyNotifier().setServiceParent(gateway.service)
     gateway.service.gateway = gateway
     return gateway.service

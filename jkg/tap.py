@@ -44,6 +44,13 @@ class Options(usage.Options):
         """Warm pool size for one kernelspec, NAME=COUNT (repeatable) [env: JKG_POOL, comma-separated]"""
         self["pool"].append(entry)
 
+    def parseOptions(self, options=None):  # noqa: N802 - Twisted API
+        """A mistyped flag gets one line, not twistd's whole usage text."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            _fail(f"{error} (twistd jkg --help lists the options)")
+
     def opt_version(self):
         from . import __version__
 
@@ -92,11 +99,11 @@ def makeService(options):  # noqa: N802 - twistd API
             cli[option.name] = "true" if options.get(option.cli) else None
     try:
         config = build_config(cli, os.environ)
-        check_exposure(config)
     except ConfigError as error:
         _fail(str(error))
     reactor = install_asyncio_reactor()
-    from .service import ListenError, make_gateway_service
+    from .service import ListenError, endpoint_is_loopback, make_gateway_service, parse_endpoint
+    from .preflight import check_settings
 
     _one_line_errors()
     from .auth.tenants import TenantsFileError
@@ -104,6 +111,9 @@ def makeService(options):  # noqa: N802 - twistd API
     from .kernels.store import StateDatabaseInUse
 
     try:
+        endpoints = {description: parse_endpoint(description, reactor, config) for description in config.endpoints}
+        check_exposure(config, lambda description: endpoint_is_loopback(endpoints[description]))
+        check_settings(config, os.environ)
         return make_gateway_service(config, reactor)
-    except (ListenError, TenantsFileError, SeedError, StateDatabaseInUse, ValueError, OSError) as error:
+    except (ConfigError, ListenError, TenantsFileError, SeedError, StateDatabaseInUse, ValueError, OSError) as error:
         _fail(str(error))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,16 +74,19 @@ class GatewayProcess:
         self.args = list(args)
         self.token = token
         self.env = dict(os.environ)
-        # each gateway gets its own runtime directory, hence its own state database
-        self.runtime_dir = tempfile.mkdtemp(prefix="jkg-runtime-")
-        self.env["JUPYTER_RUNTIME_DIR"] = self.runtime_dir
         self.env.update(env or {})
+        # each gateway gets its own runtime directory (hence its own state database), removed in stop()
+        self._own_runtime_dir = "JUPYTER_RUNTIME_DIR" not in (env or {})
+        if self._own_runtime_dir:
+            self.env["JUPYTER_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="jkg-runtime-")
+        self.runtime_dir = self.env["JUPYTER_RUNTIME_DIR"]
         self.process: subprocess.Popen | None = None
         self.port = 0
         self.output = bytearray()
         self._reader: threading.Thread | None = None
 
     def start(self, timeout: float = 30.0) -> "GatewayProcess":
+        os.makedirs(self.runtime_dir, mode=0o700, exist_ok=True)  # again, when restarted after stop()
         has_listener = any(a.startswith("--listen") for a in self.args)
         cmd = [*TWISTD, "-n", "--pidfile=", "jkg", *([] if has_listener else ["--ip", "127.0.0.1", "--port", "0"]),
                *self.args]
@@ -132,6 +136,7 @@ class GatewayProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         if self.process is None:
+            self._remove_runtime_dir()
             return None
         if self.process.poll() is None:
             self.process.send_signal(sig)
@@ -142,7 +147,12 @@ class GatewayProcess:
                 self.process.wait(10)
         if self._reader is not None:
             self._reader.join(5)
+        self._remove_runtime_dir()
         return self.process.returncode
+
+    def _remove_runtime_dir(self):
+        if self._own_runtime_dir:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     def __enter__(self):
         return self.start()
@@ -281,3 +291,40 @@ def _parse_legacy_binary(data: bytes) -> tuple[dict, list[bytes]]:
     offsets = list(struct.unpack_from(f">{count}I", data, 4)) + [len(data)]
     parts = [data[offsets[i]:offsets[i + 1]] for i in range(count)]
     return json.loads(parts[0]), parts[1:]
+
+
+def make_certificate(directory: Path, stem: str, issuer: tuple | None = None, ca: bool = True) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, self-signed or signed by ``issuer`` (cert path, key path)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1" if ca else stem)])
+    issuer_name, issuer_key = name, key
+    if issuer is not None:
+        issuer_cert = x509.load_pem_x509_certificate(Path(issuer[0]).read_bytes())
+        issuer_key = serialization.load_pem_private_key(Path(issuer[1]).read_bytes(), None)
+        issuer_name = issuer_cert.subject
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .sign(issuer_key, hashes.SHA256()))
+    key_path, cert_path = directory / f"{stem}-key.pem", directory / f"{stem}.pem"
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (its own CA) and its key."""
+    return make_certificate(directory, "cert")

@@ -2,6 +2,7 @@
 import concurrent.futures
 import http.client
 import json
+import os
 import socket
 import sys
 import time
@@ -193,7 +194,8 @@ def test_listen_on_unix_socket(tmp_path):
     from support import TWISTD
 
     process = subprocess.Popen([*TWISTD, "-n", "--pidfile=", "jkg", "--listen", f"unix:{path}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)})
     try:
         deadline = time.monotonic() + 30
         while not path.exists():

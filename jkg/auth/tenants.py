@@ -171,9 +171,13 @@ def read_tenants(path: str) -> TenantTable:
     """Read a tenants file (blocking: call from a thread in the gateway)."""
     try:
         with open(path, encoding="utf-8") as handle:
-            return parse_tenants(handle.read())
+            text = handle.read()
     except OSError as error:
-        raise TenantsFileError(f"cannot read {path}: {error.strerror}") from None
+        raise TenantsFileError(f"tenants file {path}: cannot read it: {error.strerror}") from None
+    try:
+        return parse_tenants(text)
+    except TenantsFileError as error:
+        raise TenantsFileError(f"tenants file {path}: {error}") from None
 
 
 def write_tenants(path: str, table: TenantTable) -> None:

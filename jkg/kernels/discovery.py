@@ -20,6 +20,7 @@ from twisted.logger import Logger
 
 from ..procfs import process_naming_file, process_start_time
 from .external import ExternalKernel
+from .runtime import written_by
 
 log = Logger()
 
@@ -78,7 +79,7 @@ def describe(path: str) -> dict:
     info = read_connection_file(path)
     pid = process_naming_file(path)
     return {"path": path, "id": kernel_id_for(path), "info": info, "pid": pid,
-            "start_time": process_start_time(pid) if pid else None}
+            "start_time": process_start_time(pid) if pid else None, "writer": written_by(path)}
 
 
 class ExistingKernels(Service):
@@ -141,8 +142,8 @@ class ExistingKernels(Service):
                 log.warn("ignoring {path}: {error}", path=path, error=error)
                 self._ignored.add(path)
                 continue
-            if details["id"] in self.registry.kernels:
-                continue
+            if details["id"] in self.registry.kernels or details["writer"] == os.getpid():
+                continue  # already served, or a kernel this gateway is launching
             self._adopted[path] = details["id"]
             try:
                 yield self._adopt(details)

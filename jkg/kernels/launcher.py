@@ -21,6 +21,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from ..errors import KernelLaunchError, NotFound, UnknownKernelSpec
+from .runtime import GATEWAY_PID_KEY, connection_file_path
 from .stderr import StderrTail
 
 log = Logger()
@@ -167,6 +168,22 @@ class LaunchedKernel:
             await self._manager.shutdown_kernel(now=True)
 
 
+class _GatewayKernelManager(AsyncKernelManager):
+    """Writes ``kernel-<id>.json`` in the runtime directory, marked with the gateway's pid."""
+
+    def write_connection_file(self, **kwargs):
+        super().write_connection_file(**{GATEWAY_PID_KEY: os.getpid(), **kwargs})
+
+
+def _manager(kernel_id: str, kernel_name: str, specs: KernelSpecs, shutdown_wait_time: float):
+    manager = _GatewayKernelManager(kernel_name=kernel_name, kernel_spec_manager=specs.manager)
+    manager.shutdown_wait_time = shutdown_wait_time
+    path = connection_file_path(kernel_id)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    manager.connection_file = path
+    return manager
+
+
 class KernelLauncher:
     """Makes :class:`LaunchedKernel` objects; the registry's only way to spawn."""
 
@@ -187,17 +204,12 @@ class KernelLauncher:
 
         The kernel may not be answering yet; the registry confirms readiness.
         """
-        manager = AsyncKernelManager(
-            kernel_name=kernel_name,
-            kernel_spec_manager=self.specs.manager,
-        )
-        manager.shutdown_wait_time = self.shutdown_wait_time
+        manager = _manager(kernel_id, kernel_name, self.specs, self.shutdown_wait_time)
         return as_deferred(self._launch(manager, kernel_id, env))
 
     def relaunch(self, kernel_id: str, kernel_name: str, env: dict[str, str], connection_info: dict) -> Deferred:
         """Start a kernel again under the same id and signing key (a reattached kernel's restart)."""
-        manager = AsyncKernelManager(kernel_name=kernel_name, kernel_spec_manager=self.specs.manager)
-        manager.shutdown_wait_time = self.shutdown_wait_time
+        manager = _manager(kernel_id, kernel_name, self.specs, self.shutdown_wait_time)
         info = dict(connection_info)
         if isinstance(info.get("key"), str):
             info["key"] = info["key"].encode("ascii")

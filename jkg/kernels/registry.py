@@ -14,6 +14,7 @@ from typing import Callable
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredLock, inlineCallbacks
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -27,6 +28,7 @@ from .lifecycle import CullPolicy, env_injection, parse_pool_sizes, python_env_u
 from .messages import isoformat, utcnow
 from .external import ExternalKernel
 from .pool import WarmPool
+from .runtime import remove_connection_file, remove_stale_files
 from .seed import run_seed
 from .store import KernelRecord
 
@@ -194,7 +196,10 @@ class KernelRegistry(Service):
             log.failure("could not record kernel {id}", id=kernel.id)
 
     @inlineCallbacks
-    def _forget(self, kernel_id: str):
+    def _forget(self, kernel_id: str, launched_here: bool = True):
+        """Drop the kernel's record and (for kernels jkg launched) its connection file."""
+        if launched_here:
+            yield deferToThread(remove_connection_file, kernel_id)
         if self.store is not None:
             try:
                 yield self.store.delete(kernel_id)
@@ -204,13 +209,16 @@ class KernelRegistry(Service):
     @inlineCallbacks
     def reattach_all(self):
         """Adopt every recorded kernel whose process still runs; forget the others."""
-        records = yield self.store.load_all()
+        records = yield self.store.load_all() if self.store is not None else []
         for record in records:
             try:
                 yield self._reattach(record)
             except Exception:  # noqa: BLE001
                 log.failure("could not reattach kernel {id}", id=record.id)
                 yield self._forget(record.id)
+        removed = yield deferToThread(remove_stale_files, set(self.kernels))
+        if removed:
+            log.info("removed {n} stale connection file(s) of a previous gateway", n=len(removed))
 
     @inlineCallbacks
     def _reattach(self, record: KernelRecord):
@@ -354,7 +362,7 @@ class KernelRegistry(Service):
             yield kernel.launched.shutdown(now=False)
         finally:
             kernel.channels.close()
-        yield self._forget(kernel.id)
+        yield self._forget(kernel.id, launched_here=getattr(kernel.launched, "can_restart", True))
         log.info("shut down kernel {id}", id=kernel.id)
 
     def evict(self, tenant_name: str) -> Deferred:
@@ -469,7 +477,7 @@ class KernelRegistry(Service):
             self._clock.callLater(0, self.pool.refill)  # after the asyncio loop runs
         if self.store is not None:
             self.store.start()
-            self._clock.callLater(0, self.reattach_all)
+        self._clock.callLater(0, self.reattach_all)
 
     @inlineCallbacks
     def stopService(self):  # noqa: N802 - Twisted API
