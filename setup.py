@@ -30,6 +30,8 @@ setup(
     ],
     extras_require={
         "client": ["nbclient>=0.10", "nbformat>=5.9"],
+        # benchmarks/ (run by hand): asyncio WebSocket clients, and the profiler used on the gateway
+        "bench": ["websockets>=13", "py-spy>=0.3"],
         "test": [
             "nbclient>=0.10",
             "nbformat>=5.9",

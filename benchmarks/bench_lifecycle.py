@@ -13,9 +13,11 @@ Only 127.0.0.1 is used; every process started is stopped.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import concurrent.futures
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_gateway as bg  # noqa: E402  (same folder: reuse the targets and the kg venv)
+import _gateway
 
 
 def direct_cold_start(kernel_name: str) -> float:
@@ -31,7 +33,7 @@ def direct_cold_start(kernel_name: str) -> float:
 
     km = KernelManager(kernel_name=kernel_name)
     started = time.perf_counter()
-    km.start_kernel(stdout=open(os.devnull, "wb"), stderr=open(os.devnull, "wb"))
+    km.start_kernel(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = km.client()
     client.start_channels()
     try:
@@ -42,30 +44,35 @@ def direct_cold_start(kernel_name: str) -> float:
         km.shutdown_kernel(now=True)
 
 
-def gateway_start(target: bg.GatewayTarget) -> tuple[float, str]:
+def gateway_start(target: _gateway.Gateway) -> tuple[float, str]:
     """POST /api/kernels, open the WebSocket, get a kernel_info_reply: the time a client waits."""
+
+    async def until_kernel_info(kernel_id: str) -> None:
+        client = await target.connect(kernel_id, "json")
+        try:
+            async with asyncio.timeout(60):
+                while True:  # like jupyter_server's nudge: repeat until answered
+                    msg_id = await client.send("kernel_info_request", {})
+                    try:
+                        async with asyncio.timeout(0.5):
+                            while True:
+                                msg = await client.recv()
+                                if msg.msg_type == "kernel_info_reply" and msg.parent_id == msg_id:
+                                    return
+                    except TimeoutError:
+                        continue
+        finally:
+            await client.close()
+
     started = time.perf_counter()
     response = target.http.post(target.base + "/api/kernels", json={"name": target.kernel_name}, timeout=120)
     response.raise_for_status()
     kernel_id = response.json()["id"]
-    conn = bg.WSConn(target.ws_base, kernel_id, "json")
-    try:
-        deadline = time.monotonic() + 60
-        while True:  # like jupyter_server's nudge: repeat until answered
-            msg_id = conn.send("kernel_info_request", {})
-            try:
-                while True:
-                    msg = conn.recv(min(deadline, time.monotonic() + 0.5))
-                    if msg.msg_type == "kernel_info_reply" and msg.parent_id == msg_id:
-                        return time.perf_counter() - started, kernel_id
-            except bg.BenchTimeout:
-                if time.monotonic() > deadline:
-                    raise
-    finally:
-        conn.close()
+    asyncio.run(until_kernel_info(kernel_id))
+    return time.perf_counter() - started, kernel_id
 
 
-def concurrent_starts(target: bg.GatewayTarget, count: int) -> dict:
+def concurrent_starts(target: _gateway.Gateway, count: int) -> dict:
     started = time.perf_counter()
 
     def one(_):
@@ -82,22 +89,16 @@ def concurrent_starts(target: bg.GatewayTarget, count: int) -> dict:
     for kid in ok:
         try:
             target.http.delete(target.base + f"/api/kernels/{kid}", timeout=120)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001, S110 - clean-up is best effort
             pass
     return {"succeeded": len(ok), "of": count, "seconds": elapsed,
             "errors": sorted({str(kid)[:120] for code, kid in results if code != 201})[:3]}
 
 
-def make_target(name: str, args, logdir: Path, extra: list[str]) -> bg.GatewayTarget:
-    ns = argparse.Namespace(kg_venv=args.kg_venv, kernel_name=args.kernel_name, startup_timeout=120,
-                            jkg_cmd=None)
+def make_target(name: str, logdir: Path, extra: list[str]) -> _gateway.Gateway:
     if name == "kg":
-        return bg.make_kg(ns, logdir)
-    target = bg.make_jkg(ns, logdir)
-    target.cmd += ["--state-db", "none", *extra]
-    target.name = name
-    target.logfile = logdir / f"{name}.log"
-    return target
+        return _gateway.kg(logdir)
+    return _gateway.jkg(name, _gateway.REPO, logdir, args=extra)
 
 
 def p50(values):
@@ -110,40 +111,36 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrent", type=int, default=50)
     parser.add_argument("--targets", default="direct,kg,jkg,jkg-pool")
     parser.add_argument("--kernel-name", default="python3")
-    parser.add_argument("--kg-venv", default=str(Path(__file__).resolve().parent / ".venv-kg"))
     args = parser.parse_args(argv)
     targets = args.targets.split(",")
     logdir = Path(tempfile.mkdtemp(prefix="jkg-bench-lifecycle-"))
     results: dict[str, dict] = {}
-    try:
-        if "direct" in targets:
-            times = [direct_cold_start(args.kernel_name) for _ in range(args.n)]
-            results["direct"] = {"start_p50_ms": p50(times)}
-        for name in [t for t in targets if t != "direct"]:
-            extra = ["--prespawn-count", "4"] if name == "jkg-pool" else []
-            try:
-                target = make_target(name, args, logdir, extra)
-                target.start()
-            except bg.TargetUnavailable as error:
-                print(f"SKIP {name}: {error}")
-                continue
-            try:
+    if "direct" in targets:
+        times = [direct_cold_start(args.kernel_name) for _ in range(args.n)]
+        results["direct"] = {"start_p50_ms": p50(times)}
+    for name in [t for t in targets if t != "direct"]:
+        extra = ["--prespawn-count", "4"] if name == "jkg-pool" else []
+        try:
+            target = make_target(name, logdir, extra)
+            target.start()
+        except _gateway.Unavailable as error:
+            print(f"SKIP {name}: {error}")
+            continue
+        try:
+            if name == "jkg-pool":
+                time.sleep(8)  # let the pool fill
+            times = []
+            for _ in range(args.n):
+                elapsed, kernel_id = gateway_start(target)
+                times.append(elapsed)
+                target.http.delete(target.base + f"/api/kernels/{kernel_id}", timeout=120)
                 if name == "jkg-pool":
-                    time.sleep(8)  # let the pool fill
-                times = []
-                for _ in range(args.n):
-                    elapsed, kernel_id = gateway_start(target)
-                    times.append(elapsed)
-                    target.http.delete(target.base + f"/api/kernels/{kernel_id}", timeout=120)
-                    if name == "jkg-pool":
-                        time.sleep(3)  # refill before the next hand-out: measure the warm path
-                results[name] = {"start_p50_ms": p50(times)}
-                if name != "jkg-pool":
-                    results[name]["concurrent"] = concurrent_starts(target, args.concurrent)
-            finally:
-                target.stop()
-    finally:
-        bg.cleanup_all()
+                    time.sleep(3)  # refill before the next hand-out: measure the warm path
+            results[name] = {"start_p50_ms": p50(times)}
+            if name != "jkg-pool":
+                results[name]["concurrent"] = concurrent_starts(target, args.concurrent)
+        finally:
+            target.stop()
     floor = results.get("direct", {}).get("start_p50_ms")
     print(f"\nload average at end: {os.getloadavg()[0]:.2f} (2 cores)\n")
     print(f"{'target':10} {'start→kernel_info p50':>22} {'÷ direct':>9}  concurrent starts")
