@@ -110,6 +110,31 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+_PERSONALITIES = {"jupyter-websocket": "jupyter-websocket", "kernel_gateway.jupyter_websocket": "jupyter-websocket",
+                  "notebook-http": "notebook-http", "kernel_gateway.notebook_http": "notebook-http"}
+
+
+def _api(value: str) -> str:
+    """The personality: the reference's module names and their short aliases."""
+    try:
+        return _PERSONALITIES[value.strip()]
+    except KeyError:
+        raise ValueError(f"unknown personality {value!r}; use jupyter-websocket or notebook-http") from None
+
+
+def _cell_parser(value: str) -> str:
+    if value.strip() not in ("", "kernel_gateway.notebook_http.cell.parser"):
+        raise ValueError(f"{value!r} is not supported; only the default annotation parser "
+                         "(kernel_gateway.notebook_http.cell.parser) is")
+    return value.strip()
+
+
+def _prefix(value: str) -> str:
+    """``""`` (off) or ``/path`` without a trailing slash."""
+    normalised = _base_url(value)
+    return "" if normalised == "/" else normalised.rstrip("/")
+
+
 @dataclass(frozen=True)
 class Option:
     """One configurable setting, described once for the CLI, env and docs."""
@@ -175,7 +200,36 @@ OPTIONS: tuple[Option, ...] = (
     Option("pool", "", _text, "Warm pool size for one kernelspec, NAME=COUNT (repeatable; env: comma-separated).",
            ("JKG_POOL",), repeatable=True),
     Option("seed_uri", "", _text, "Notebook (path or file:// URL) whose code cells every new kernel runs before "
-           "it is handed out.", ("KG_SEED_URI",)),
+           "it is handed out; with --api notebook-http, the notebook whose annotated cells are served.",
+           ("KG_SEED_URI",)),
+    Option("api", "jupyter-websocket", _api, "Personality: jupyter-websocket (the kernels REST and WebSocket "
+           "API) or notebook-http (a notebook's annotated cells as HTTP endpoints); the reference's module "
+           "names kernel_gateway.jupyter_websocket and kernel_gateway.notebook_http are accepted.", ("KG_API",)),
+    Option("notebook_dir", "", _text, "notebook-http: serve every NAME.ipynb in this folder under /NAME "
+           "(instead of --seed-uri).", ("JKG_NOTEBOOK_DIR",)),
+    Option("allow_notebook_download", "false", _flag, "notebook-http: serve the notebook file at "
+           "/_api/source.", ("KG_ALLOW_NOTEBOOK_DOWNLOAD",), flag=True),
+    Option("static_path", "", _text, "notebook-http: serve the files of this folder at /public/ "
+           "(without credentials, as the reference does).", ("KG_STATIC_PATH",)),
+    Option("cell_parser", "", _cell_parser, "notebook-http: the annotation parser; only the reference's "
+           "default (kernel_gateway.notebook_http.cell.parser) is supported.", ("KG_CELL_PARSER",)),
+    Option("kernels_api_prefix", "", _prefix, "notebook-http: also serve the kernels API under this path "
+           "prefix, e.g. /kernels (empty: not served).", ("JKG_KERNELS_API_PREFIX",)),
+    Option("notebook_max_kernels", "4", _non_negative_int, "notebook-http: most kernels per notebook; the "
+           "pool grows from --prespawn-count (at least 1) to this under load.", ("JKG_NOTEBOOK_MAX_KERNELS",)),
+    Option("notebook_queue_limit", "100", _non_negative_int, "notebook-http: requests that may wait for a "
+           "kernel per notebook; more get 503 with Retry-After.", ("JKG_NOTEBOOK_QUEUE_LIMIT",)),
+    Option("notebook_queue_timeout", "30", _non_negative_float, "notebook-http: seconds a request may wait "
+           "for a kernel before 503 with Retry-After (0: no limit).", ("JKG_NOTEBOOK_QUEUE_TIMEOUT",)),
+    Option("request_timeout", "60", _non_negative_float, "notebook-http: seconds a request's cells may run; "
+           "past it the client gets 504 and the kernel is interrupted (0: no limit).", ("JKG_REQUEST_TIMEOUT",)),
+    Option("interrupt_grace", "5", _non_negative_float, "notebook-http: seconds an interrupted kernel has "
+           "to become idle before it is shut down and replaced.", ("JKG_INTERRUPT_GRACE",)),
+    Option("notebook_reload_interval", "2", _non_negative_float, "notebook-http: seconds between checks "
+           "for changed notebook files, reloaded without a restart (0: never).",
+           ("JKG_NOTEBOOK_RELOAD_INTERVAL",)),
+    Option("notebook_idle_timeout", "300", _non_negative_float, "notebook-http: seconds after which a kernel "
+           "above the pool's minimum that served nothing is shut down.", ("JKG_NOTEBOOK_IDLE_TIMEOUT",)),
     Option("cull_idle_timeout", "0", _non_negative_float, "Shut down kernels inactive for this many seconds "
            "(0 disables culling).", ("JKG_CULL_IDLE_TIMEOUT", "KG_CULL_IDLE_TIMEOUT")),
     Option("cull_interval", "300", _positive_float, "Seconds between culling checks.",
@@ -252,6 +306,19 @@ class GatewayConfig:
     prespawn_count: int = 0
     pool: tuple[str, ...] = ()
     seed_uri: str = ""
+    api: str = "jupyter-websocket"
+    notebook_dir: str = ""
+    allow_notebook_download: bool = False
+    static_path: str = ""
+    cell_parser: str = ""
+    kernels_api_prefix: str = ""
+    notebook_max_kernels: int = 4
+    notebook_queue_limit: int = 100
+    notebook_queue_timeout: float = 30.0
+    request_timeout: float = 60.0
+    interrupt_grace: float = 5.0
+    notebook_reload_interval: float = 2.0
+    notebook_idle_timeout: float = 300.0
     cull_idle_timeout: float = 0.0
     cull_interval: float = 300.0
     cull_connected: bool = False
@@ -372,7 +439,20 @@ def build_config(cli: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     if config.certfile and config.listen:
         raise ConfigError("--certfile applies to --ip/--port; with --listen, use an "
                           "ssl:PORT:privateKey=KEY:certKey=CERT endpoint instead")
+    _check_personality(config)
     return config
+
+
+def _check_personality(config: GatewayConfig) -> None:
+    if config.api != "notebook-http":
+        return
+    if not config.seed_uri and not config.notebook_dir:
+        raise ConfigError("--api notebook-http needs a notebook: set --seed-uri (KG_SEED_URI) or --notebook-dir")
+    if config.seed_uri and config.notebook_dir:
+        raise ConfigError("--seed-uri and --notebook-dir both name notebooks to serve; give one of them")
+    if config.notebook_max_kernels and config.notebook_max_kernels < max(1, config.prespawn_count):
+        raise ConfigError(f"--notebook-max-kernels ({config.notebook_max_kernels}) is below --prespawn-count "
+                          f"({config.prespawn_count})")
 
 
 def _parse(option: Option, raw: str, source: str) -> Any:

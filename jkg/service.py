@@ -179,9 +179,12 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
         return KernelChannels(zmq_factory, connection_info, on_message)
 
     specs = KernelSpecs()
-    seed_cells = read_seed(config.seed_uri) if config.seed_uri else ()
+    notebook_http = config.api == "notebook-http"
+    # in notebook-http mode the notebook is served, not run as a seed, and prespawn sizes its pools
+    seed_cells = read_seed(config.seed_uri) if config.seed_uri and not notebook_http else ()
+    registry_config = config.replace(prespawn_count=0, pool=()) if notebook_http else config
     store = open_store(config.state_db, reactor)
-    registry = KernelRegistry(KernelLauncher(specs, independent=config.keep_kernels_on_exit, reactor=reactor), connect, config, reactor, seed_cells=seed_cells, store=store)
+    registry = KernelRegistry(KernelLauncher(specs, independent=config.keep_kernels_on_exit, reactor=reactor), connect, registry_config, reactor, seed_cells=seed_cells, store=store)
     ws_factory = make_channels_factory(registry, config)
 
     def tenants_removed(names):
@@ -193,9 +196,20 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     portal = make_portal(config.auth_token, tenants.current if tenants else (lambda: None))
     cors = CorsPolicy(config.allow_origin, config.allow_headers, config.allow_methods,
                       config.allow_credentials, config.expose_headers, config.max_age)
-    api = GatewayAPI(config, registry, specs, SessionStore(registry), portal, ws_factory, cors,
-                     FailureLimiter(reactor))
-    resource = make_root_resource(api.resource(), cors, config.base_url)
+    limiter = FailureLimiter(reactor)
+    notebooks = None
+    if notebook_http:
+        from .notebook_http.compose import make_notebook_http
+
+        kernels_base = config.base_url + config.kernels_api_prefix.strip("/") + "/"
+        api = GatewayAPI(config.replace(base_url=kernels_base), registry, specs, SessionStore(registry), portal,
+                         ws_factory, cors, limiter)
+        notebooks, resource = make_notebook_http(config, registry, portal, limiter, cors, reactor,
+                                                 make_root_resource(api.resource(), cors, kernels_base)
+                                                 if config.kernels_api_prefix else None)
+    else:
+        api = GatewayAPI(config, registry, specs, SessionStore(registry), portal, ws_factory, cors, limiter)
+        resource = make_root_resource(api.resource(), cors, config.base_url)
     site = GatewaySite(resource)
 
     service = GatewayService()
@@ -203,6 +217,8 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     registry.setServiceParent(service)
     if tenants is not None:
         tenants.setServiceParent(service)
+    if notebooks is not None:
+        notebooks.setServiceParent(service)  # after the registry: stopped (drained) before it
     if config.existing or config.existing_dir:
         from .kernels.discovery import ExistingKernels
 

@@ -13,18 +13,16 @@ import mimetypes
 import uuid
 
 from klein import Klein
-from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException
 
 from .. import __version__
-from ..auth.credentials import credentials_from_request
 from ..auth.quota import default_kernel_name
-from ..auth.realm import ITenant
-from ..errors import BadRequest, GatewayError, ResourceLimit, TooManyRequests, Unauthorized, UnknownKernelSpec
+from ..errors import BadRequest, GatewayError, ResourceLimit, UnknownKernelSpec
 from ..kernels.messages import isoformat
 from .channels import ChannelsUpgrade, negotiate_subprotocol
 from .http import query_arg, read_json_body, write_error, write_json
+from .login import login, peer
 
 log = Logger()
 audit = Logger(namespace="jkg.audit")
@@ -71,20 +69,7 @@ class GatewayAPI:
     # -- cross-cutting ---------------------------------------------------------
     async def _login(self, request):
         """Authenticate through the portal; the routes only ever see the tenant."""
-        self.cors.check_origin(request)
-        address = _peer(request)
-        retry_after = self.limiter.retry_after(address)
-        if retry_after:
-            raise TooManyRequests("too many failed logins from this address; try again later", retry_after)
-        credentials = credentials_from_request(request.getHeader(b"authorization"), query_arg(request, b"token"))
-        try:
-            _, tenant, _ = await self.portal.login(credentials, None, ITenant)
-        except (UnauthorizedLogin, UnhandledCredentials):
-            self.limiter.failed(address)
-            audit.info("login failed: address={address} path={path}", address=address,
-                       path=request.path.decode("utf-8", "replace"))
-            raise Unauthorized("invalid or missing credentials") from None
-        return tenant
+        return await login(request, self.portal, self.limiter, self.cors)
 
     def _model(self, kernel, tenant) -> dict:
         model = kernel.model()
@@ -269,6 +254,4 @@ class GatewayAPI:
         return b""
 
 
-def _peer(request) -> str:
-    peer = request.getClientAddress()
-    return getattr(peer, "host", str(peer))
+_peer = peer
