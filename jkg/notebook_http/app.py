@@ -99,10 +99,11 @@ class NotebookApp:
             raise MethodNotAllowed(f"{verb} is not defined for {endpoint.path}")
         bundle = request_bundle(parse_body(request.body, request.content_type), query_args(request.query),
                                 path_params(raw_params), headers_dict(request.headers))
-        deadline = self.clock.seconds() + self.settings.request_timeout if self.settings.request_timeout else None
         tenant = request.tenant
         limit = getattr(tenant, "max_kernels", None) if getattr(tenant, "named", False) else None
         runner = yield self.pool.acquire(getattr(tenant, "name", None), limit)
+        # the deadline covers running the cells; waiting for a kernel has its own limit (queue_timeout)
+        deadline = self.clock.seconds() + self.settings.request_timeout if self.settings.request_timeout else None
         release = True
         try:
             statement = assignment(bundle, self.api.language)
@@ -185,7 +186,7 @@ class NotebookApp:
             log.warn("{app}: kernel {id} did not answer its interrupt; replacing it", app=self.api.title,
                      id=runner.kernel_id)
             runner.abandon()
-            self.pool.discard(runner)
+            self.pool.discard(runner, replace=True)
 
         call = self.clock.callLater(self.settings.interrupt_grace, hung)
         execution.addBoth(answered)

@@ -123,8 +123,12 @@ class KernelPool:
         self._dispatch()
         self._check_drained()
 
-    def discard(self, runner) -> None:
-        """Take ``runner`` out for good (lost, or hung past its interrupt) and retire it."""
+    def discard(self, runner, replace: bool = False) -> None:
+        """Take ``runner`` out for good (lost, or hung past its interrupt) and retire it.
+
+        With ``replace`` a new kernel takes its place even above the minimum
+        (a hung kernel is replaced; idle ones are trimmed later).
+        """
         was_busy = runner in self.busy
         self.busy.discard(runner)
         if was_busy:
@@ -137,6 +141,8 @@ class KernelPool:
         self._idle_since.pop(runner, None)
         self._retire_one(runner)
         if not self.draining:
+            if replace and self.size < self.max_size:
+                self._spawn_one()
             self._grow()
         self._check_drained()
 
@@ -179,14 +185,19 @@ class KernelPool:
             return
         eligible = sum(1 for w in self.waiters if self._may_hold(w.tenant, w.limit))
         while self.size < self.max_size and (self.size < self.min_size or eligible > self.starting + len(self.idle)):
-            self.starting += 1
-            try:
-                d = self._spawn()
-            except Exception as error:  # noqa: BLE001 - e.g. the gateway's max_kernels reached
-                self.starting -= 1
-                self._spawn_failed(error)
+            if not self._spawn_one():
                 return
-            d.addCallbacks(self._spawned, self._failed)
+
+    def _spawn_one(self) -> bool:
+        self.starting += 1
+        try:
+            d = self._spawn()
+        except Exception as error:  # noqa: BLE001 - e.g. the gateway's max_kernels reached
+            self.starting -= 1
+            self._spawn_failed(error)
+            return False
+        d.addCallbacks(self._spawned, self._failed)
+        return True
 
     def _spawned(self, runner) -> None:
         self.starting -= 1

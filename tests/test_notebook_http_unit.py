@@ -1,0 +1,266 @@
+"""Fast units of notebook-http: the annotation parser, REQUEST and response builders, the pool policy."""
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+
+from jkg.errors import BadRequest
+from jkg.notebook_http.annotations import AnnotationError, first_param_depth, parse_notebook, path_regex
+from jkg.notebook_http.bundle import assignment, headers_dict, parse_body, query_args, request_bundle
+from jkg.notebook_http.pool import KernelPool, PoolUnavailable
+from jkg.notebook_http.response import CellOutput, ResponseInfoError, apply_response_info, build_response
+
+
+def notebook(*sources, language="python", kernel="python3"):
+    return {"cells": [{"cell_type": "code", "source": s} for s in sources],
+            "metadata": {"kernelspec": {"name": kernel}, "language_info": {"name": language}}}
+
+
+# -- annotations ----------------------------------------------------------------------------------
+def test_endpoints_seed_cells_and_concatenation():
+    api = parse_notebook(notebook("x = 1", "# GET /a\nprint(1)", "# GET /a\nprint(2)", "# POST /a\nprint(3)",
+                                  "# ResponseInfo POST /a\nprint('{}')"), "nb")
+    assert api.seed_cells == ("x = 1",)
+    (endpoint,) = api.endpoints
+    assert endpoint.sources == {"GET": "# GET /a\nprint(1)\n# GET /a\nprint(2)\n", "POST": "# POST /a\nprint(3)\n"}
+    assert endpoint.responses == {"POST": "# ResponseInfo POST /a\nprint('{}')\n"}
+    assert api.kernel_name == "python3" and api.language == "python"
+
+
+def test_route_order_is_the_references():
+    api = parse_notebook(notebook("# GET /a/:x", "# GET /a/b/:y", "# GET /a/b", "# GET /:z"), "nb")
+    assert [e.path for e in api.endpoints] == ["/a/b", "/a/b/:y", "/a/:x", "/:z"]
+    endpoint, params = api.route("/a/b")
+    assert endpoint.path == "/a/b" and params == {}
+    endpoint, params = api.route("/a/J%C3%BC")
+    assert endpoint.path == "/a/:x" and params == {"x": "J%C3%BC"}
+    assert api.route("/a/b/c/d") is None
+    assert first_param_depth("/foo/quo/:bar") == 2 and path_regex("/h/:n") == r"/h/(?P<n>[^\/]+)"
+
+
+def test_scala_comment_prefix():
+    api = parse_notebook(notebook("// GET /s\nprintln(1)", language="scala"), "nb")
+    assert api.endpoints[0].path == "/s"
+
+
+@pytest.mark.parametrize("source,fragment", [
+    ("# GET hello", "bad annotation '# GET hello'"),
+    ("# PATCH /x", "bad annotation '# PATCH /x'"),
+    ("# GET /x/:1bad", "is not a name"),
+    ("# GET /x/:a/:a", "appears twice"),
+    ("# GET /x/(unclosed", "not a valid route pattern"),
+    ("# ResponseInfo GET /other", "which no cell defines"),
+])
+def test_bad_annotations_name_the_cell(source, fragment):
+    with pytest.raises(AnnotationError) as raised:
+        parse_notebook(notebook("import json", "# GET /ok\nprint(1)", source), "api")
+    message = str(raised.value)
+    assert message.startswith("api: code cell 3:") and fragment in message and "\n" not in message
+
+
+def test_no_endpoints_is_an_error():
+    with pytest.raises(AnnotationError, match="no endpoints"):
+        parse_notebook(notebook("x = 1"), "api")
+
+
+# -- REQUEST -------------------------------------------------------------------------------------
+def test_request_bundle_is_double_encoded_like_the_reference():
+    bundle = request_bundle({"a": 1}, {"q": ["1"]}, {"id": "7"}, {"Host": "h"})
+    assert bundle == '{"body": {"a": 1}, "args": {"q": ["1"]}, "path": {"id": "7"}, "headers": {"Host": "h"}}'
+    statement = assignment(bundle, "python")
+    assert statement == "REQUEST = " + json.dumps(bundle)
+    scope: dict = {}
+    exec(statement, scope)  # noqa: S102 - a literal we just built
+    assert json.loads(scope["REQUEST"])["path"] == {"id": "7"}
+    assert assignment(bundle, "perl").startswith("my $REQUEST = \"")
+    assert assignment(bundle, "bash").startswith("REQUEST=\"")
+
+
+def test_bodies():
+    assert parse_body(b'{"a": [1]}', "application/json") == {"a": [1]}
+    assert parse_body(b"{not", "application/json") == "{not"
+    assert parse_body(b'{"a": 1}', "application/json; charset=utf-8") == '{"a": 1}'  # as the reference
+    assert parse_body(b"a=1&a=2&b=", "application/x-www-form-urlencoded") == {"a": ["1", "2"], "b": [""]}
+    assert parse_body(b"", None) == ""
+    form = (b'--B\r\nContent-Disposition: form-data; name="f"\r\n\r\nv\r\n'
+            b'--B\r\nContent-Disposition: form-data; name="up"; filename="x"\r\n\r\nfile\r\n--B--\r\n')
+    assert parse_body(form, "multipart/form-data; boundary=B") == {"f": ["v"]}
+    with pytest.raises(BadRequest):
+        parse_body(b"\xff\xfe", "text/plain")
+
+
+def test_query_and_headers():
+    assert query_args(b"p=a&p=b&x=1+2&e=") == {"p": ["a", "b"], "x": ["1 2"], "e": [""]}
+    assert headers_dict([("x-custom-header", "1"), ("host", "h"), ("X-Custom-Header", "2")]) == {
+        "X-Custom-Header": ["1", "2"], "Host": "h"}
+
+
+# -- responses ----------------------------------------------------------------------------------
+def output(*messages):
+    out = CellOutput()
+    for msg_type, content in messages:
+        out.add(msg_type, content)
+    return out
+
+
+def test_response_precedence():
+    assert build_response(output(("stream", {"name": "stdout", "text": "a"}),
+                                 ("execute_result", {"data": {"text/plain": "2"}}))).body == b"a"
+    assert build_response(output(("execute_result", {"data": {"text/plain": "2"}}))).body == b'{"text/plain": "2"}'
+    assert build_response(output(("stream", {"name": "stderr", "text": "x"}))).body == b""
+    failed = build_response(output(("stream", {"name": "stdout", "text": "a"}),
+                                   ("error", {"ename": "KeyError", "evalue": "'k'", "traceback": ["..."]})))
+    assert (failed.status, failed.body) == (500, b"Error KeyError: 'k' \n")
+
+
+def test_display_data_becomes_a_binary_body():
+    png = b"\x89PNG\r\n\x1a\nfake"
+    response = build_response(output(("display_data", {"data": {
+        "image/png": base64.b64encode(png).decode(), "text/plain": "<Figure>"}})))
+    assert (response.status, response.headers["Content-Type"], response.body) == (200, "image/png", png)
+    html = build_response(output(("display_data", {"data": {"text/html": "<b>x</b>", "text/plain": "x"}})))
+    assert html.headers["Content-Type"] == "text/html; charset=utf-8" and html.body == b"<b>x</b>"
+
+
+def test_response_info():
+    base = build_response(output(("stream", {"name": "stdout", "text": "{}"})))
+    applied = apply_response_info(base, '{"status": 201, "headers": {"content-type": "application/json", "X-N": 3}}')
+    assert applied.status == 201 and applied.headers == {"content-type": "application/json", "X-N": "3"}
+    for bad in ("nothing", '{"status": "201"}', '{"status": 99}', '{"headers": {"X": "a\\r\\nb"}}',
+                '{"headers": {"bad name": "v"}}', "[1]"):
+        with pytest.raises(ResponseInfoError):
+            apply_response_info(base, bad)
+
+
+# -- the pool --------------------------------------------------------------------------------------
+class FakeRunner:
+    def __init__(self, number):
+        self.number = number
+        self.lost = False
+        self.tenant = None
+
+
+class Spawner:
+    def __init__(self):
+        self.pending: list[Deferred] = []
+        self.made = 0
+        self.retired: list = []
+
+    def spawn(self):
+        d = Deferred()
+        self.pending.append(d)
+        return d
+
+    def finish_all(self):
+        pending, self.pending = self.pending, []
+        for d in pending:
+            self.made += 1
+            d.callback(FakeRunner(self.made))
+
+    def retire(self, runner):
+        self.retired.append(runner)
+        return succeed(None)
+
+
+def make_pool(**options):
+    clock, spawner = Clock(), Spawner()
+    pool = KernelPool(spawner.spawn, spawner.retire, clock, **options)
+    return pool, clock, spawner
+
+
+def results(d):
+    box = []
+    d.addBoth(box.append)
+    return box
+
+
+def test_pool_grows_to_its_bound_under_load():
+    pool, clock, spawner = make_pool(min_size=1, max_size=3)
+    pool.start()
+    spawner.finish_all()
+    got = [results(pool.acquire()) for _ in range(5)]
+    assert len(got[0]) == 1 and pool.size == 3  # one served at once, two more kernels starting
+    spawner.finish_all()
+    assert [len(box) for box in got] == [1, 1, 1, 0, 0]
+    pool.release(got[0][0])
+    assert len(got[3]) == 1 and got[3][0] is got[0][0]
+    assert pool.size == 3
+
+
+def test_queue_limit_and_wait_limit_give_503_with_retry_after():
+    pool, clock, spawner = make_pool(min_size=1, max_size=1, queue_limit=2, queue_timeout=10)
+    pool.start()
+    spawner.finish_all()
+    held = results(pool.acquire())
+    waiting = [results(pool.acquire()) for _ in range(2)]
+    with pytest.raises(PoolUnavailable) as refused:
+        pool.acquire()
+    assert refused.value.status == 503 and "Retry-After" in refused.value.headers
+    clock.advance(10)
+    assert all(box and isinstance(box[0].value, PoolUnavailable) for box in waiting)
+    assert not pool.waiters and held
+
+
+def test_tenant_quota_lets_others_go_first():
+    pool, clock, spawner = make_pool(min_size=2, max_size=2)
+    pool.start()
+    spawner.finish_all()
+    first = results(pool.acquire("alice", 1))
+    second = results(pool.acquire("alice", 1))
+    third = results(pool.acquire("bob", 1))
+    assert first and not second and third
+    pool.release(first[0])
+    assert second
+
+
+def test_lost_kernels_are_replaced_and_drain_retires_everything():
+    pool, clock, spawner = make_pool(min_size=2, max_size=2)
+    pool.start()
+    spawner.finish_all()
+    busy = results(pool.acquire())[0]
+    idle = pool.idle[0]
+    idle.lost = True
+    pool.lost(idle)
+    assert spawner.retired == [idle] and pool.starting == 1
+    spawner.finish_all()
+    drained = results(pool.drain())
+    assert not drained  # a request still runs
+    with pytest.raises(PoolUnavailable):
+        pool.acquire()
+    pool.release(busy)
+    assert drained and len(spawner.retired) == 3
+
+
+def test_idle_kernels_above_the_minimum_are_trimmed():
+    pool, clock, spawner = make_pool(min_size=1, max_size=3, idle_ttl=60)
+    pool.start()
+    spawner.finish_all()
+    held = [results(pool.acquire()) for _ in range(3)]
+    spawner.finish_all()
+    for box in held:
+        pool.release(box[0])
+    clock.advance(61)
+    pool.trim()
+    assert len(pool.idle) == 1 and len(spawner.retired) == 2
+
+
+def test_a_launch_failure_with_no_kernel_fails_the_waiters():
+    pool, clock, spawner = make_pool(min_size=1, max_size=1)
+    pool.start()
+    waiting = results(pool.acquire())
+    spawner.pending.pop().errback(RuntimeError("no such kernel"))
+    assert waiting and "no kernel could be started" in str(waiting[0].value)
+
+
+def test_a_hung_kernel_is_replaced_even_above_the_minimum():
+    pool, clock, spawner = make_pool(min_size=1, max_size=3)
+    pool.start()
+    spawner.finish_all()
+    held = [results(pool.acquire()) for _ in range(2)]
+    spawner.finish_all()
+    pool.discard(held[0][0], replace=True)
+    assert spawner.retired == [held[0][0]] and pool.starting == 1
