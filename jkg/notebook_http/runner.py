@@ -20,7 +20,7 @@ from zope.interface import implementer
 from ..errors import KernelLaunchError
 from ..interfaces import IKernelClient
 from ..kernels.messages import loads, make_message_parts
-from ..web.wire import IncomingMessage
+from ..wire import IncomingMessage
 from .response import CellOutput, OutputTooLarge
 
 log = Logger()
