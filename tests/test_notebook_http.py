@@ -9,7 +9,6 @@ multi-cell endpoints, errors, ResponseInfo status and headers, 404 and 405.
 """
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import time

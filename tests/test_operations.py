@@ -77,14 +77,15 @@ def test_wrong_method_is_405(gateway):
     (["--pool", "nosuch=2"], {}, "--pool names kernelspec 'nosuch', which is not installed"),
     (["--default-kernel-name", "nosuch"], {}, "--default-kernel-name names kernelspec 'nosuch'"),
     (["--existing", "/nonexistent/kernel-1.json"], {}, "--existing: cannot read /nonexistent/kernel-1.json"),
-    ([], {"KG_API": "kernel_gateway.notebook_http"}, "KG_API=kernel_gateway.notebook_http is not supported"),
+    ([], {"KG_API": "kernel_gateway.notebook_http"}, "--api notebook-http needs a notebook"),
+    ([], {"KG_API": "my.personality"}, "invalid value for KG_API: unknown personality 'my.personality'"),
     (["--listen", "tcp:notaport"], {}, "invalid listen endpoint 'tcp:notaport'"),
     (["--ip", "bogus"], {}, "invalid value for --ip: not an IP address: 'bogus'"),
     (["--nosuch-flag"], {}, "option --nosuch-flag not recognized"),
     (["--listen", "systemd:domain=INET:name=jkg-http"], {}, "systemd passed no socket named 'jkg-http'"),
     (["--keyfile", "key.pem"], {}, "need --certfile"),
     ([], {"KG_CERTFILE": "/nonexistent/cert.pem"}, "cannot read certificate (--certfile) /nonexistent/cert.pem"),
-], ids=["pool", "default-kernel", "existing", "kg-api", "listen", "ip", "unknown-flag", "systemd-name",
+], ids=["pool", "default-kernel", "existing", "kg-api", "kg-api-unknown", "listen", "ip", "unknown-flag", "systemd-name",
         "keyfile-alone", "certfile-missing"])
 def test_wrong_settings_stop_with_one_line(args, env, fragment):
     result = run_twistd("--port", "0", *args, env=env)
