@@ -115,8 +115,9 @@ class Gateway:
     """A gateway process speaking the Jupyter kernels REST + WebSocket protocol."""
 
     def __init__(self, name: str, cmd: list[str], env: dict, cwd: str, port: int, logdir: Path,
-                 kernel_name: str = "python3", startup_timeout: float = 60):
+                 kernel_name: str = "python3", startup_timeout: float = 60, ready_path: str = "/api/kernelspecs"):
         self.name, self.cmd, self.env, self.cwd, self.port = name, cmd, env, cwd, port
+        self.ready_path = ready_path
         self.kernel_name = kernel_name
         self.startup_timeout = startup_timeout
         self.base = f"http://127.0.0.1:{port}"
@@ -141,7 +142,7 @@ class Gateway:
             if self.proc.poll() is not None:
                 raise Unavailable(f"exited with {self.proc.returncode}; log:\n{self._tail()}")
             try:
-                if self.http.get(self.base + "/api/kernelspecs", timeout=2).status_code == 200:
+                if self.http.get(self.base + self.ready_path, timeout=2).status_code == 200:
                     break
             except requests.RequestException:
                 pass
@@ -228,6 +229,11 @@ def _kg_exe() -> Path:
     except (OSError, subprocess.SubprocessError) as e:
         raise Unavailable(f"could not install kg: {e!r}") from e
     return exe
+
+
+def kg_exe() -> Path:
+    """jupyter-kernel-gateway 3.0.1's executable, installed into the benchmark venv when missing."""
+    return _kg_exe()
 
 
 def kg(logdir: Path) -> Gateway:

@@ -13,7 +13,9 @@ is tested with ``task.Clock`` and fakes.
   (``queue_timeout``): beyond either the request gets 503 with Retry-After.
 - A tenant holds at most ``limit`` kernels at once (its quota); its further
   requests wait while other tenants' requests are served.
-- Kernels above ``min_size`` that stayed idle for ``idle_ttl`` are retired.
+- The most recently used idle kernel serves next (LIFO): under light load
+  one warm kernel does the work, and the others really are idle, so kernels
+  above ``min_size`` that stayed idle for ``idle_ttl`` are retired.
 - :meth:`drain` stops taking requests, lets queued and running ones finish,
   then retires every kernel (notebook reloads, gateway stop).
 """
@@ -95,7 +97,7 @@ class KernelPool:
         if self.draining:
             raise PoolUnavailable(f"{self.name} is being replaced; retry", 1)
         if self.idle and self._may_hold(tenant, limit) and not self.waiters:
-            return succeed(self._lend(self.idle.popleft(), tenant))
+            return succeed(self._lend(self.idle.pop(), tenant))
         if len(self.waiters) >= self.queue_limit:
             raise PoolUnavailable(f"{self.name}: {len(self.waiters)} requests already wait for a kernel",
                                   self._retry_after())
@@ -178,7 +180,7 @@ class KernelPool:
             self.waiters.remove(waiter)
             if waiter.timer is not None and waiter.timer.active():
                 waiter.timer.cancel()
-            waiter.deferred.callback(self._lend(self.idle.popleft(), waiter.tenant))
+            waiter.deferred.callback(self._lend(self.idle.pop(), waiter.tenant))
 
     def _grow(self) -> None:
         if self.draining:

@@ -1,0 +1,184 @@
+"""notebook-http throughput and latency: jkg vs jupyter-kernel-gateway 3.0.1, in one run.
+
+One notebook with a trivial endpoint (``# GET /hello`` printing a line) is
+served by each target; then, for 1 and 32 concurrent clients (keep-alive
+HTTP/1.1 connections, all in this process, never in a gateway's), requests
+are sent back to back for ``--seconds`` and we report requests/s, p50 and
+p99 latency, and the gateway's own CPU per request (from /proc, over exactly
+the measured window).  Targets:
+
+- ``kg``: jupyter-kernel-gateway 3.0.1 as its users run it (``prespawn_count``
+  unset: one kernel); ``kgN`` (``--kg-prespawn N``): the same with N kernels.
+- ``jkg``: ``--api notebook-http`` with a pool of ``--jkg-kernels`` (it
+  starts with one and grows under load; the warm-up lets it grow).
+
+The issue's targets, printed at the end: jkg >= 5x kg's throughput at 32
+clients; jkg's p99 <= 2x its p50 at 1 client.  Numbers on a shared 2-core
+machine are noisy: targets run round-robin in the same run, the load average
+is printed with every round, and the ratios are what to quote.
+
+    python benchmarks/bench_notebook_http.py --seconds 5 --rounds 2
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _gateway
+import _proc
+
+HERE = Path(__file__).resolve().parent
+NOTEBOOK = {
+    "cells": [
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": "import json"},
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+         "source": "# GET /hello\nprint('hello world')"},
+    ],
+    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                 "language_info": {"name": "python"}},
+    "nbformat": 4, "nbformat_minor": 5,
+}
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection sending ``GET path`` and reading whole responses."""
+
+    def __init__(self, reader, writer, host: str, path: str):
+        self.reader, self.writer = reader, writer
+        self.request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: bench\r\n\r\n".encode()
+
+    @classmethod
+    async def open(cls, port: int, path: str) -> "Connection":
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer, f"127.0.0.1:{port}", path)
+
+    async def get(self) -> int:
+        self.writer.write(self.request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if length:
+            await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def load(port: int, path: str, clients: int, seconds: float) -> tuple[list[float], int]:
+    """``clients`` connections sending back to back for ``seconds``; latencies (s) and errors."""
+    connections = [await Connection.open(port, path) for _ in range(clients)]
+    latencies: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+
+    async def worker(connection):
+        nonlocal errors
+        while time.perf_counter() < stop:
+            started = time.perf_counter()
+            status = await connection.get()
+            latencies.append(time.perf_counter() - started)
+            if status != 200:
+                errors += 1
+
+    try:
+        await asyncio.gather(*(worker(c) for c in connections))
+    finally:
+        for connection in connections:
+            connection.close()
+    return latencies, errors
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def measure(target, clients: int, seconds: float) -> dict:
+    with _proc.CpuWindow(target.pid) as cpu:
+        started = time.perf_counter()
+        latencies, errors = asyncio.run(load(target.port, "/hello", clients, seconds))
+        elapsed = time.perf_counter() - started
+    count = len(latencies)
+    return {"rps": count / elapsed, "p50": percentile(latencies, 0.5) * 1000, "p99": percentile(latencies, 0.99) * 1000,
+            "errors": errors, "cpu_us": (cpu.seconds or 0) / max(1, count) * 1e6, "n": count}
+
+
+def make_targets(args, logdir: Path, notebook: Path) -> list:
+    targets = [_gateway.jkg("jkg", _gateway.REPO, logdir, args=[
+        "--api", "notebook-http", "--seed-uri", str(notebook), "--notebook-max-kernels", str(args.jkg_kernels)])]
+    exe = str(_gateway.kg_exe())
+    for prespawn in [1] + [n for n in args.kg_prespawn if n != 1]:
+        port = _gateway.free_port()
+        cmd = [exe, "--KernelGatewayApp.api=kernel_gateway.notebook_http", f"--KernelGatewayApp.seed_uri={notebook}",
+               "--KernelGatewayApp.ip=127.0.0.1", f"--KernelGatewayApp.port={port}",
+               "--KernelGatewayApp.port_retries=0"]
+        if prespawn != 1:
+            cmd.append(f"--KernelGatewayApp.prespawn_count={prespawn}")
+        env = dict(_gateway.os.environ, JUPYTER_RUNTIME_DIR=str(logdir / f"runtime-kg{prespawn}"))
+        env.pop("PYTHONPATH", None)
+        name = "kg" if prespawn == 1 else f"kg{prespawn}"
+        targets.append(_gateway.Gateway(name, cmd, env, str(logdir), port, logdir))
+    for target in targets:
+        target.ready_path = "/hello"
+    return targets
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per target and concurrency")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--clients", default="1,32", help="comma-separated concurrency levels")
+    parser.add_argument("--jkg-kernels", type=int, default=4, help="jkg's --notebook-max-kernels")
+    parser.add_argument("--kg-prespawn", default="", help="also run kg with these prespawn counts, e.g. 4")
+    args = parser.parse_args()
+    args.kg_prespawn = [int(n) for n in args.kg_prespawn.split(",") if n.strip()]
+    levels = [int(n) for n in args.clients.split(",")]
+    logdir = Path(tempfile.mkdtemp(prefix="jkg-bench-nbhttp-"))
+    notebook = logdir / "hello.ipynb"
+    notebook.write_text(json.dumps(NOTEBOOK))
+    _gateway.log(f"logs in {logdir}; load {_proc.loadavg()}")
+    targets = make_targets(args, logdir, notebook)
+    try:
+        for target in targets:
+            target.start()
+        for target in targets:  # warm-up: jkg's pool grows; every kernel has run the cell once
+            measure(target, max(levels), 2.0)
+        results: dict = {}
+        for round_number in range(1, args.rounds + 1):
+            for clients in levels:
+                for target in targets:
+                    results.setdefault((target.name, clients), []).append(measure(target, clients, args.seconds))
+            _gateway.log(f"round {round_number} done; load {_proc.loadavg()}")
+    finally:
+        for target in targets:
+            target.stop()
+    print(f"\nnotebook-http GET /hello, {args.seconds:g} s per measure, median of {args.rounds} rounds; "
+          f"load {_proc.loadavg()}")
+    print(f"{'target':8} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>10} {'errors':>6}")
+    medians = {}
+    for (name, clients), runs in results.items():
+        row = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        medians[(name, clients)] = row
+        print(f"{name:8} {clients:7d} {row['rps']:9.1f} {row['p50']:8.2f} {row['p99']:8.2f} "
+              f"{row['cpu_us']:10.0f} {int(row['errors']):6d}")
+    top = max(levels)
+    ratio = medians[("jkg", top)]["rps"] / medians[("kg", top)]["rps"]
+    jitter = medians[("jkg", 1)]["p99"] / medians[("jkg", 1)]["p50"]
+    print(f"\njkg / kg throughput at {top} clients: {ratio:.1f}x (target >= 5x: {'met' if ratio >= 5 else 'NOT met'})")
+    print(f"jkg p99 / p50 at 1 client: {jitter:.2f} (target <= 2: {'met' if jitter <= 2 else 'NOT met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
