@@ -270,6 +270,12 @@ OPTIONS: tuple[Option, ...] = (
            ("JKG_IOPUB_DATA_RATE_LIMIT", "KG_IOPUB_DATA_RATE_LIMIT")),
     Option("rate_limit_window", "3", _positive_float, "Seconds over which the iopub rate limits are averaged.",
            ("JKG_RATE_LIMIT_WINDOW", "KG_RATE_LIMIT_WINDOW")),
+    Option("log_level", "info", _choice("debug", "info", "warn", "error", "critical"), "Least severe log "
+           "level written: debug, info, warn, error or critical.", ("JKG_LOG_LEVEL",)),
+    Option("log_format", "text", _choice("text", "json"), "text (twistd's lines) or json (one JSON object per "
+           "line, for journald and log shippers).", ("JKG_LOG_FORMAT",)),
+    Option("access_log", "", _text, "Write one line per HTTP request to this file (- for the gateway's log); "
+           "tokens are never written.", ("JKG_ACCESS_LOG",)),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
@@ -338,6 +344,9 @@ class GatewayConfig:
     iopub_msg_rate_limit: float = 0.0
     iopub_data_rate_limit: float = 0.0
     rate_limit_window: float = 3.0
+    log_level: str = "info"
+    log_format: str = "text"
+    access_log: str = ""
 
     @property
     def endpoints(self) -> tuple[str, ...]:

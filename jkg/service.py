@@ -29,6 +29,7 @@ class Gateway:
     resource: object
     site: object
     service: MultiService
+    tenants: object = None
 
 
 class ListenError(RuntimeError):
@@ -126,14 +127,21 @@ class _Listener(StreamServerEndpointService):
         super().__init__(endpoint if endpoint is not None else parse_endpoint(description, reactor), factory)
         self.description = description
 
+    port = None
+
     def privilegedStartService(self):  # noqa: N802 - Twisted API
         try:
             super().privilegedStartService()
+            self._waitingForPort.addCallback(self._listening)
         except CannotListenError as error:
             reason = getattr(error.socketError, "strerror", None) or str(error.socketError)
             raise self._fail(reason) from None
         except Exception as error:  # noqa: BLE001 - e.g. a systemd endpoint without a passed socket
             raise self._fail(f"{type(error).__name__}: {error}") from None
+
+    def _listening(self, port):
+        self.port = port
+        return port
 
     def _fail(self, reason: str) -> ListenError:
         from twisted.logger import Logger
@@ -210,10 +218,17 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     else:
         api = GatewayAPI(config, registry, specs, SessionStore(registry), portal, ws_factory, cors, limiter)
         resource = make_root_resource(api.resource(), cors, config.base_url)
-    site = GatewaySite(resource)
+    access_log = None
+    if config.access_log:
+        from .logs import AccessLog
+
+        access_log = AccessLog(config.access_log, reactor)
+    site = GatewaySite(resource, access_log=access_log)
 
     service = GatewayService()
     _ZmqService(zmq_factory).setServiceParent(service)
+    if access_log is not None:
+        access_log.setServiceParent(service)
     registry.setServiceParent(service)
     if tenants is not None:
         tenants.setServiceParent(service)
@@ -224,7 +239,7 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
 
         ExistingKernels(registry, reactor, config.existing, config.existing_dir,
                         config.own_existing).setServiceParent(service)
-    return Gateway(config, registry, resource, site, service)
+    return Gateway(config, registry, resource, site, service, tenants)
 
 
 def make_gateway_service(config: GatewayConfig, reactor, listen: bool = True) -> MultiService:
@@ -235,12 +250,18 @@ def make_gateway_service(config: GatewayConfig, reactor, listen: bool = True) ->
 
     :raises ListenError: for an endpoint string that does not parse.
     """
+    from .startup import StartupReport
     from .systemd import ReadyNotifier
 
     endpoints = [parse_endpoint(description, reactor, config) for description in config.endpoints] if listen else []
     gateway = make_gateway(config, reactor)
-    for description, endpoint in zip(config.endpoints, endpoints):
-        _Listener(description, gateway.site, reactor, endpoint).setServiceParent(gateway.service)
+    listeners = [_Listener(description, gateway.site, reactor, endpoint)
+                 for description, endpoint in zip(config.endpoints, endpoints)]
+    for listener in listeners:
+        listener.setServiceParent(gateway.service)
+    registry = gateway.registry
+    StartupReport(config, listeners, registry.launcher.specs, registry.store, gateway.tenants,
+                  registry.pool.sizes if registry.pool is not None else {}).setServiceParent(gateway.service)
     ReadyNotifier().setServiceParent(gateway.service)
     gateway.service.gateway = gateway
     return gateway.service

@@ -114,6 +114,15 @@ def makeService(options):  # noqa: N802 - twistd API
         endpoints = {description: parse_endpoint(description, reactor, config) for description in config.endpoints}
         check_exposure(config, lambda description: endpoint_is_loopback(endpoints[description]))
         check_settings(config, os.environ)
-        return make_gateway_service(config, reactor)
+        service = make_gateway_service(config, reactor)
+    except (ConfigError, ListenError, TenantsFileError, SeedError, StateDatabaseInUse, ValueError, OSError) as error:
+        _fail(str(error))
+    twistd_options = getattr(options, "parent", None)
+    if twistd_options is None:  # makeService called directly, not by twistd: logging is the caller's
+        return service
+    from .logs import LoggedService, make_observer
+
+    try:
+        return LoggedService(service, make_observer(config.log_level, config.log_format, twistd_options))
     except (ConfigError, ListenError, TenantsFileError, SeedError, StateDatabaseInUse, ValueError, OSError) as error:
         _fail(str(error))

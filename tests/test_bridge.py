@@ -73,6 +73,9 @@ def test_existing_kernel_is_served_detached_and_keeps_running(tmp_path):
             time.sleep(3)  # a rescan must not adopt the detached kernel again
             assert gateway.request("GET", f"/api/kernels/{kernel_id}").status_code == 404
         assert outside.poll() is None  # detached, not killed; the gateway's stop left it too
+        log = gateway.output.decode(errors="replace")
+        assert f"detached kernel {kernel_id}" in log and f"shut down kernel {kernel_id}" not in log
+        assert f"interrupting kernel {kernel_id}" in log
     finally:
         stop(outside)
 

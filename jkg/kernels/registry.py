@@ -307,6 +307,7 @@ class KernelRegistry(Service):
         kernel = self.get(kernel_id, tenant)
         if kernel.execution_state == "dead":
             raise KernelDead(f"kernel {kernel_id} is dead")
+        log.info("interrupting kernel {id}", id=kernel_id)
         return kernel.launched.interrupt()
 
     def restart(self, kernel_id: str, tenant=None) -> Deferred:
@@ -345,6 +346,7 @@ class KernelRegistry(Service):
         kernel.busy_with = None
         kernel.execution_state = "idle"
         self._persist(kernel)
+        log.info("restarted kernel {id}{why}", id=kernel.id, why=" after it died" if automatic else "")
         return kernel
 
     def shutdown(self, kernel_id: str, tenant=None) -> Deferred:
@@ -363,7 +365,10 @@ class KernelRegistry(Service):
         finally:
             kernel.channels.close()
         yield self._forget(kernel.id, launched_here=getattr(kernel.launched, "can_restart", True))
-        log.info("shut down kernel {id}", id=kernel.id)
+        if getattr(kernel.launched, "owned", True):
+            log.info("shut down kernel {id}", id=kernel.id)
+        else:
+            log.info("detached kernel {id}: it was started outside jkg and keeps running", id=kernel.id)
 
     def evict(self, tenant_name: str) -> Deferred:
         """Shut down every kernel of a tenant that no longer exists."""

@@ -86,7 +86,13 @@ def _set_no_delay(transport) -> None:
 
 
 class GatewaySite(Site):
-    """A Site that turns Nagle's algorithm off and does not log request lines with tokens."""
+    """A Site that turns Nagle's algorithm off and logs requests only to ``--access-log``, without tokens."""
+
+    noisy = False  # no "Starting factory <GatewaySite object at 0x...>" lines
+
+    def __init__(self, resource, access_log=None, **kwargs):
+        super().__init__(resource, **kwargs)
+        self.access_log = access_log
 
     def buildProtocol(self, addr):  # noqa: N802 - Twisted API
         protocol = super().buildProtocol(addr)
@@ -100,5 +106,7 @@ class GatewaySite(Site):
         return protocol
 
     def log(self, request):
-        """No per-request access log: query strings may carry ``?token=``, and
-        a log line per request costs more CPU than the request itself."""
+        """Only with ``--access-log`` (:class:`jkg.logs.AccessLog` strips ``?token=``): a line
+        per request costs more CPU than many requests themselves."""
+        if self.access_log is not None:
+            self.access_log.write(request)

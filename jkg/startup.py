@@ -1,0 +1,84 @@
+"""The lines a gateway logs once, at startup: where it listens and what is in force.
+
+An operator reading the first lines of the log (or ``journalctl -u jkg``)
+learns the full URLs, the authentication mode (with a warning when there is
+none), the kernelspecs found, the warm pool, the sandbox and the state
+database, instead of only ``GatewaySite starting on 8888``.
+"""
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from twisted.application.service import Service
+from twisted.internet.address import UNIXAddress
+from twisted.logger import Logger
+
+log = Logger(namespace="jkg.startup")
+
+
+def listener_url(address, tls: bool, base_url: str = "/") -> str:
+    """The URL clients use for a listening address (``http+unix://`` for a UNIX socket)."""
+    scheme = "https" if tls else "http"
+    if isinstance(address, UNIXAddress):
+        name = address.name.decode("utf-8", "replace") if isinstance(address.name, bytes) else address.name
+        return f"{scheme}+unix://{quote(name or '', safe='')}{base_url}"
+    host = address.host
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{address.port}{base_url}"
+
+
+def auth_mode(config, tenants) -> tuple[str, bool]:
+    """``(description, anonymous)`` of the authentication in force."""
+    parts = []
+    if tenants is not None:
+        count = len(tenants.current().tenants)
+        parts.append(f"tenants from {config.tenants} ({count} tenant{'s' if count != 1 else ''})")
+    if config.auth_token:
+        parts.append("token (--auth-token)")
+    if not parts:
+        return "none: anyone who can reach a listener can run code", True
+    return " and ".join(parts), False
+
+
+class StartupReport(Service):
+    """Logs the startup facts once, after every listener is up (added after them)."""
+
+    def __init__(self, config, listeners, specs, store, tenants, pool_sizes: dict):
+        self.config = config
+        self.listeners = listeners
+        self.specs = specs
+        self.store = store
+        self.tenants = tenants
+        self.pool_sizes = pool_sizes
+
+    def startService(self):  # noqa: N802 - Twisted API
+        super().startService()
+        from . import __version__
+
+        for listener in self.listeners:
+            port = getattr(listener, "port", None)
+            if port is not None:
+                tls = listener.description.startswith("ssl:") or bool(self.config.certfile)
+                log.info("jkg {version} listening on {url}", version=__version__,
+                         url=listener_url(port.getHost(), tls, self.config.base_url))
+        mode, anonymous = auth_mode(self.config, self.tenants)
+        if anonymous:
+            log.warn("authentication: {mode}", mode=mode)
+        else:
+            log.info("authentication: {mode}", mode=mode)
+        pool = ", ".join(f"{name}={count}" for name, count in sorted(self.pool_sizes.items())) or "off"
+        log.info("warm pool: {pool}", pool=pool)
+        sandbox = getattr(self.config, "sandbox", None)
+        if sandbox is not None:
+            log.info("sandbox: {sandbox}", sandbox=sandbox or "off")
+        log.info("state database: {path}", path=self.store.path if self.store is not None else "off")
+        self.specs.describe_all().addCallbacks(self._report_specs, self._specs_failed)
+
+    def _report_specs(self, found):
+        default = self.config.force_kernel_name or self.config.default_kernel_name or self.specs.default_name
+        names = ", ".join(f"{name} (default)" if name == default else name for name in sorted(found))
+        log.info("kernelspecs: {names}", names=names or "none found")
+
+    def _specs_failed(self, failure):
+        log.error("cannot list kernelspecs: {error}", error=failure.value)

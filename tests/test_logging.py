@@ -1,0 +1,92 @@
+"""What the gateway logs: the startup facts once, levels, JSON lines, and an access log without tokens."""
+import json
+import re
+
+from support import GatewayProcess
+
+
+def lines(gateway) -> list[str]:
+    return gateway.output.decode(errors="replace").splitlines()
+
+
+def test_startup_says_where_and_how_once_and_logs_kernel_operations(tmp_path):
+    gateway = GatewayProcess("--pool", "python3=1", "--state-db", str(tmp_path / "state.sqlite"),
+                             token="log-token").start()
+    try:
+        kernel = gateway.start_kernel()["id"]
+        assert gateway.request("POST", f"/api/kernels/{kernel}/interrupt").status_code == 204
+        assert gateway.request("POST", f"/api/kernels/{kernel}/restart").status_code == 200
+    finally:
+        gateway.stop()
+    log = lines(gateway)
+    startup = [line.split("] ", 1)[1] for line in log if "[jkg.startup#" in line]
+    assert startup[:4] == [f"jkg 0.1.0 listening on http://127.0.0.1:{gateway.port}/",
+                           "authentication: token (--auth-token)", "warm pool: python3=1",
+                           f"state database: {tmp_path / 'state.sqlite'}"]
+    assert "kernelspecs: python3 (default)" in startup
+    assert len(startup) == len(set(startup))  # once
+    text = "\n".join(log)
+    assert f"interrupting kernel {kernel}" in text and f"restarted kernel {kernel}" in text
+    assert "#debug]" not in text  # not even while shutting down
+    assert "Starting factory" not in text
+
+
+def test_anonymous_gateway_warns_and_debug_level_shows_debug_lines():
+    gateway = GatewayProcess("--state-db", "none", "--log-level", "debug").start()
+    try:
+        gateway.start_kernel()
+    finally:
+        gateway.stop()
+    text = "\n".join(lines(gateway))
+    assert "[jkg.startup#warn] authentication: none: anyone who can reach a listener can run code" in text
+    assert "state database: off" in text
+    assert "#debug]" in text
+
+
+def test_tenants_mode_is_named_with_its_count(tmp_path):
+    path = tmp_path / "tenants.toml"
+    path.write_text('[tenants.alice]\ntokens = []\n[tenants.bob]\ntokens = []\n')
+    gateway = GatewayProcess("--tenants", str(path), "--state-db", "none").start()
+    gateway.request("GET", "/api")  # the reactor runs (and handles SIGTERM) once this is answered
+    gateway.stop()
+    assert f"authentication: tenants from {path} (2 tenants)" in "\n".join(lines(gateway))
+
+
+def test_json_log_lines_for_shippers():
+    gateway = GatewayProcess("--log-format", "json", "--state-db", "none").start()
+    gateway.request("GET", "/api")
+    gateway.stop()
+    events = [json.loads(line.strip("\x1e")) for line in lines(gateway) if line.strip("\x1e ")]
+    assert events, "no log lines"
+    startup = [event for event in events if event.get("log_namespace") == "jkg.startup"]
+    assert any(event.get("url") == f"http://127.0.0.1:{gateway.port}/" for event in startup)
+    assert all(event["log_level"]["name"] in ("info", "warn", "error", "critical") for event in events)
+
+
+def test_access_log_never_writes_tokens(tmp_path):
+    path = tmp_path / "access.log"
+    gateway = GatewayProcess("--access-log", str(path), "--state-db", "none", token="very-secret-token").start()
+    try:
+        assert gateway.request("GET", "/api/kernels?token=very-secret-token&x=1", headers={}).status_code == 200
+        assert gateway.request("GET", "/api/kernelspecs", headers={"User-Agent": "probe/1"}).status_code == 200
+        assert gateway.request("GET", "/api/status", headers={"Authorization": "token wrong"}).status_code == 401
+    finally:
+        gateway.stop()
+    text = path.read_text()
+    assert "very-secret-token" not in text and "wrong" not in text
+    entries = text.splitlines()
+    assert len(entries) == 3
+    assert re.match(r'127\.0\.0\.1 - - \[[^\]]+\] "GET /api/kernels\?x=1 HTTP/1\.1" 200 \d+ "-" "', entries[0])
+    assert '"GET /api/kernelspecs HTTP/1.1" 200' in entries[1] and entries[1].endswith('"probe/1"')
+    assert '"GET /api/status HTTP/1.1" 401' in entries[2]
+
+
+def test_access_log_dash_goes_to_the_gateway_log():
+    gateway = GatewayProcess("--access-log", "-", "--state-db", "none", token="dash-secret").start()
+    try:
+        gateway.request("GET", "/api?token=dash-secret", headers={})
+    finally:
+        gateway.stop()
+    text = "\n".join(lines(gateway))
+    assert '[jkg.access#info] 127.0.0.1 - - [' in text and '"GET /api HTTP/1.1" 200' in text
+    assert "dash-secret" not in text
