@@ -459,6 +459,9 @@ def _check_personality(config: GatewayConfig) -> None:
         raise ConfigError("--api notebook-http needs a notebook: set --seed-uri (KG_SEED_URI) or --notebook-dir")
     if config.seed_uri and config.notebook_dir:
         raise ConfigError("--seed-uri and --notebook-dir both name notebooks to serve; give one of them")
+    if config.keep_kernels_on_exit:
+        raise ConfigError("--keep-kernels-on-exit does not apply to --api notebook-http: its kernels hold a "
+                          "notebook's state and are started afresh with the gateway")
     if config.notebook_max_kernels and config.notebook_max_kernels < max(1, config.prespawn_count):
         raise ConfigError(f"--notebook-max-kernels ({config.notebook_max_kernels}) is below --prespawn-count "
                           f"({config.prespawn_count})")

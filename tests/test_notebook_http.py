@@ -9,6 +9,7 @@ multi-cell endpoints, errors, ResponseInfo status and headers, 404 and 405.
 """
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -21,6 +22,7 @@ from support import GatewayProcess, children_of, pid_alive
 
 HERE = Path(__file__).resolve().parent
 NOTEBOOK = HERE / "notebooks" / "api.ipynb"
+PUBLIC = HERE / "notebooks" / "public"
 KG_BIN = HERE.parent / "benchmarks" / ".venv-kg" / "bin" / "jupyter-kernelgateway"
 
 pytestmark = pytest.mark.timeout(300)
@@ -57,7 +59,8 @@ def reference():
         [str(KG_BIN), "--KernelGatewayApp.api=kernel_gateway.notebook_http",
          f"--KernelGatewayApp.seed_uri={NOTEBOOK}", "--KernelGatewayApp.ip=127.0.0.1",
          f"--KernelGatewayApp.port={port}", "--KernelGatewayApp.port_retries=0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(HERE))
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(HERE),
+        env={**os.environ, "KG_STATIC_PATH": str(PUBLIC)})
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/hello", process)
@@ -76,7 +79,7 @@ def jkg():
     """jkg with the same notebook, configured the reference's way (KG_* environment)."""
     gateway = GatewayProcess("--state-db", "none", env={
         "KG_API": "kernel_gateway.notebook_http", "KG_SEED_URI": str(NOTEBOOK),
-        "KG_ALLOW_NOTEBOOK_DOWNLOAD": "True"}).start()
+        "KG_ALLOW_NOTEBOOK_DOWNLOAD": "True", "KG_STATIC_PATH": str(PUBLIC)}).start()
     try:
         wait_http(gateway.url + "/hello", gateway.process)
         yield gateway
@@ -160,3 +163,13 @@ def test_notebook_download(jkg):
     response = requests.get(jkg.url + "/_api/source", timeout=30)
     assert response.status_code == 200
     assert response.content == NOTEBOOK.read_bytes()
+
+
+@pytest.mark.parametrize("path", ["/public/index.html", "/public/missing.html", "/public/../api.ipynb"])
+def test_static_files_as_the_reference(reference, jkg, path):
+    ours = requests.get(jkg.url + path, timeout=30)
+    theirs = requests.get(reference + path, timeout=30)
+    assert ours.status_code == theirs.status_code
+    if theirs.status_code == 200:
+        assert ours.content == theirs.content == (PUBLIC / "index.html").read_bytes()
+        assert ours.headers["Content-Type"].split(";")[0] == theirs.headers["Content-Type"].split(";")[0]

@@ -39,6 +39,7 @@ FEATURES = (
     "# GET /sleep\ntime.sleep(float(json.loads(REQUEST)['args']['s'][0]))\nprint(os.getpid())",
     "# GET /slow\ntime.sleep(300)",
     "# GET /hang\nimport signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(300)",
+    "# GET /die\nos._exit(1)",
     "# GET /image\nfrom IPython.display import Image, display\n"
     f"display(Image(data=base64.b64decode('{base64.b64encode(PNG).decode()}')))",
 )
@@ -115,6 +116,15 @@ def test_timeout_replaces_a_kernel_that_ignores_its_interrupt(gateway):
     wait_for(lambda: len(set(children_of(gateway.process.pid)) - kernels_before) >= 1
              and len(kernels_before - set(children_of(gateway.process.pid))) >= 1, timeout=60)
     wait_for(lambda: get(gateway.url + "/features/pid").ok, timeout=60)
+
+
+def test_a_kernel_that_dies_mid_request_is_502_and_replaced(gateway):
+    started = time.monotonic()
+    answer = get(gateway.url + "/features/die")
+    assert answer.status_code == 502 and answer.json()["reason"] == "Kernel Lost"
+    assert time.monotonic() - started < 4, "noticed before the request timeout"
+    pids = {get(gateway.url + "/features/pid").text for _ in range(4)}
+    assert all(pid_alive(int(pid)) for pid in pids)
 
 
 def test_display_data_image_is_the_body(gateway):

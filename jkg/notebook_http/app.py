@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..errors import GatewayError
+from ..errors import Forbidden, GatewayError
 from .annotations import Endpoint, NotebookAPI
 from .bundle import assignment, combinable, headers_dict, parse_body, path_params, query_args, request_bundle
 from .pool import KernelPool
@@ -100,6 +100,9 @@ class NotebookApp:
         bundle = request_bundle(parse_body(request.body, request.content_type), query_args(request.query),
                                 path_params(raw_params), headers_dict(request.headers))
         tenant = request.tenant
+        if tenant is not None and self.api.kernel_name and not tenant.may_start(self.api.kernel_name):
+            raise Forbidden(f"this notebook runs on kernelspec {self.api.kernel_name}, which tenant "
+                            f"{tenant.name} may not use")
         limit = getattr(tenant, "max_kernels", None) if getattr(tenant, "named", False) else None
         runner = yield self.pool.acquire(getattr(tenant, "name", None), limit)
         # the deadline covers running the cells; waiting for a kernel has its own limit (queue_timeout)
