@@ -193,8 +193,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("kernel_launch_timeout", "60", _positive_float, "Seconds a kernel may take to start and answer "
            "kernel_info; a request's KERNEL_LAUNCH_TIMEOUT may ask for less or more, up to 10x this.",
            ("JKG_KERNEL_LAUNCH_TIMEOUT", "KERNEL_LAUNCH_TIMEOUT")),
-    Option("restart_limit", "5", _non_negative_int, "Automatic restarts of a crashed kernel in a row before "
-           "it is declared dead.", ("JKG_RESTART_LIMIT",)),
+    Option("restart_limit", "5", _non_negative_int, "Automatic restarts of a crashed kernel in a row (until it "
+           "stays up 10 s) before it is declared dead.", ("JKG_RESTART_LIMIT",)),
     Option("prespawn_count", "0", _non_negative_int, "Kernels of the default kernelspec kept started in a "
            "warm pool and handed out by POST /api/kernels.", ("KG_PRESPAWN_COUNT",)),
     Option("pool", "", _text, "Warm pool size for one kernelspec, NAME=COUNT (repeatable; env: comma-separated).",

@@ -1,8 +1,9 @@
 """The contracts between the web layer and the kernel side.
 
 The web layer (klein routes, autobahn protocols) talks to kernels only
-through :class:`IKernelRegistry`, and the registry talks back to each
-WebSocket only through :class:`IKernelClient`; so web tests need no kernel
+through :class:`IKernelRegistry` and the :class:`IAttachedKernel` it hands a
+WebSocket, and the kernel talks back to each WebSocket only through
+:class:`IKernelClient`; so web tests need no kernel
 (see :mod:`jkg.testing`) and kernel tests need no HTTP.
 """
 from zope.interface import Attribute, Interface
@@ -35,6 +36,19 @@ class IKernel(Interface):
         """The Jupyter kernel model: id, name, last_activity, execution_state, connections."""
 
 
+class IAttachedKernel(IKernel):
+    """A kernel as the WebSocket a client attached to it holds it (what ``attach`` returns)."""
+
+    def send(client, message):
+        """Forward a decoded client message (:class:`jkg.wire.IncomingMessage`).
+
+        Raises :class:`jkg.errors.BadRequest` for a channel clients may not send on.
+        """
+
+    def detach(client):
+        """Forget the client; later output for its session is kept for replay."""
+
+
 class IKernelRegistry(Interface):
     """Running kernels, their lifecycle and their message routing."""
 
@@ -63,13 +77,11 @@ class IKernelRegistry(Interface):
         """Deferred firing with the kernel (same id) once it answers again."""
 
     def attach(kernel_id, client):
-        """Connect an :class:`IKernelClient`; replays output kept for its session."""
+        """Connect an :class:`IKernelClient`; replays output kept for its session.
 
-    def detach(kernel_id, client):
-        """Forget the client; later output for its session is kept for replay."""
-
-    def send(kernel_id, client, message):
-        """Forward a decoded client message (:class:`jkg.wire.IncomingMessage`)."""
+        Returns the :class:`IAttachedKernel` the client then sends through and
+        detaches from (it stays the same object across restarts).
+        """
 
     def last_activity():
         """The most recent activity on any kernel (datetime, UTC)."""

@@ -177,7 +177,7 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     from .kernels.store import open_store
     from .sessions import SessionStore
     from .web.api import GatewayAPI
-    from .web.channels import make_channels_factory
+    from .web.channels import ChannelsFactory
     from .web.http import CorsPolicy
     from .web.site import GatewaySite, make_root_resource
 
@@ -193,7 +193,7 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     registry_config = config.replace(prespawn_count=0, pool=()) if notebook_http else config
     store = open_store(config.state_db, reactor)
     registry = KernelRegistry(KernelLauncher(specs, independent=config.keep_kernels_on_exit, reactor=reactor), connect, registry_config, reactor, seed_cells=seed_cells, store=store)
-    ws_factory = make_channels_factory(registry, config)
+    ws_factory = ChannelsFactory(registry, config, reactor)
 
     def tenants_removed(names):
         for name in names:

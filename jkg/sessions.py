@@ -29,9 +29,10 @@ class SessionStore:
         self._registry = registry
         self._sessions: dict[str, dict] = {}
 
-    def _model(self, session: dict) -> dict:
+    def _model(self, session: dict, tenant=None) -> dict:
+        """jupyter_server's session model; with ``owner`` (session and kernel) for tenants that see owners."""
         kernel = self._registry.get(session["kernel_id"])  # sessions of a tenant use its kernels
-        return {
+        model = {
             "id": session["id"],
             "path": session["path"],
             "name": session["name"],
@@ -39,12 +40,16 @@ class SessionStore:
             "kernel": kernel.model(),
             "notebook": {"path": session["path"], "name": session["name"]},
         }
+        if tenant is not None and tenant.sees_owners:
+            model["owner"] = session["owner"]
+            model["kernel"]["owner"] = kernel.owner
+        return model
 
     def _live(self, tenant=None) -> list[dict]:
         live = []
         for session_id, session in list(self._sessions.items()):
             try:
-                model = self._model(session)
+                model = self._model(session, tenant)
             except UnknownKernel:
                 del self._sessions[session_id]
                 continue
@@ -65,7 +70,7 @@ class SessionStore:
     def get(self, session_id: str, tenant=None) -> dict:
         session = self._session(session_id, tenant)
         try:
-            return self._model(session)
+            return self._model(session, tenant)
         except UnknownKernel:
             del self._sessions[session_id]
             raise UnknownSession(session_id) from None
@@ -116,7 +121,7 @@ class SessionStore:
         self._sessions[session_id] = {"id": session_id, "path": fields["path"], "name": fields["name"],
                                       "type": fields["type"], "kernel_id": kernel_id,
                                       "owner": tenant.name if tenant is not None else None}
-        return self._model(self._sessions[session_id]), True
+        return self._model(self._sessions[session_id], tenant), True
 
     @inlineCallbacks
     def update(self, session_id: str, body: dict, tenant=None):
@@ -135,7 +140,7 @@ class SessionStore:
         for key in ("path", "name", "type"):
             if key in fields:
                 session[key] = fields[key]
-        return self._model(session)
+        return self._model(session, tenant)
 
     @inlineCallbacks
     def delete(self, session_id: str, tenant=None):

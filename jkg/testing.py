@@ -18,8 +18,8 @@ from zope.interface import implementer
 
 from .auth.credentials import ITokenCredentials
 from .auth.quota import check_kernel_quota
-from .errors import ResourceLimit, UnknownKernel, UnknownKernelSpec
-from .interfaces import IKernel, IKernelClient, IKernelRegistry
+from .errors import BadRequest, ResourceLimit, UnknownKernel, UnknownKernelSpec
+from .interfaces import IAttachedKernel, IKernelClient, IKernelRegistry
 from .kernels.messages import KernelMessage, isoformat, utcnow
 
 
@@ -90,8 +90,10 @@ class FakeLaunchedKernel:
         return succeed(None)
 
 
-@implementer(IKernel)
+@implementer(IAttachedKernel)
 class FakeKernel:
+    """A kernel that records what clients send it."""
+
     def __init__(self, name: str = "python3"):
         self.id = str(uuid.uuid4())
         self.name = name
@@ -103,6 +105,15 @@ class FakeKernel:
     def model(self) -> dict:
         return {"id": self.id, "name": self.name, "last_activity": isoformat(utcnow()),
                 "execution_state": self.execution_state, "connections": len(self.clients)}
+
+    def send(self, client, message) -> None:
+        if message.channel not in ("shell", "control", "stdin"):
+            raise BadRequest(f"clients cannot send on the {message.channel} channel")
+        self.sent.append((client.session_id, message))
+
+    def detach(self, client) -> None:
+        if self.clients.get(client.session_id) is client:
+            del self.clients[client.session_id]
 
 
 @implementer(IKernelRegistry)
@@ -159,15 +170,9 @@ class FakeRegistry:
         return succeed(kernel)
 
     def attach(self, kernel_id, client):
-        self.get(kernel_id).clients[client.session_id] = client
-
-    def detach(self, kernel_id, client):
-        kernel = self.kernels.get(kernel_id)
-        if kernel is not None:
-            kernel.clients.pop(client.session_id, None)
-
-    def send(self, kernel_id, client, message):
-        self.get(kernel_id).sent.append((client.session_id, message))
+        kernel = self.get(kernel_id)
+        kernel.clients[client.session_id] = client
+        return kernel
 
     def last_activity(self):
         return self.started

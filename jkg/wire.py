@@ -32,7 +32,7 @@ _fast_loads = _msgspec.json.Decoder().decode
 _FAST_ERRORS: tuple = (_msgspec.DecodeError, _msgspec.ValidationError, ValueError, RecursionError)
 
 __all__ = [
-    "V1_PROTOCOL", "CHANNELS", "WireError", "IncomingMessage", "encode_v1", "encode_v1_pieces",
+    "V1_PROTOCOL", "CHANNELS", "WireError", "UnknownChannel", "IncomingMessage", "encode_v1", "encode_v1_pieces",
     "decode_v1", "encode_legacy", "encode_legacy_pieces", "decode_client_v1",
     "decode_client_legacy_text", "decode_client_legacy_binary", "pack_json", "server_frame_header",
 ]
@@ -52,6 +52,10 @@ _OPTIONAL_OBJECTS = ("parent_header", "metadata", "content")
 
 class WireError(ValueError):
     """A client frame that cannot be a kernel message; str() is a short human reason safe to send to the client."""
+
+
+class UnknownChannel(WireError):
+    """A client message well formed but for a channel that does not exist (ignored, as jupyter_server does)."""
 
 
 class IncomingMessage(NamedTuple):
@@ -202,7 +206,7 @@ def decode_v1(frame: bytes) -> tuple[str, list[bytes]]:
     raw_name = frame[offsets[0]:offsets[1]]
     channel = _CHANNEL_BY_BYTES.get(raw_name)
     if channel is None:
-        raise WireError(f"unknown channel {raw_name[:32].decode('utf-8', 'replace')!r}")
+        raise UnknownChannel(f"unknown channel {raw_name[:32].decode('utf-8', 'replace')!r}")
     return channel, [frame[a:b] for a, b in zip(offsets[1:], offsets[2:])]
 
 
@@ -273,7 +277,7 @@ def _from_legacy(msg: Any, buffers: list[bytes]) -> IncomingMessage:
     elif type(channel) is not str:
         raise WireError("channel must be a string")
     elif channel not in CHANNELS:
-        raise WireError(f"unknown channel {channel[:32]!r}")
+        raise UnknownChannel(f"unknown channel {channel[:32]!r}")
     header = _check_header(msg.get("header"))
     parts = [header]
     for key in _OPTIONAL_OBJECTS:

@@ -15,7 +15,7 @@ from jkg.interfaces import IKernelRegistry
 from jkg.sessions import SessionStore
 from jkg.testing import FakeKernelSpecs, FakeRegistry
 from jkg.web.api import GatewayAPI
-from jkg.web.channels import make_channels_factory
+from jkg.web.channels import ChannelsFactory
 from jkg.web.http import CorsPolicy
 from jkg.web.site import GatewaySite, make_root_resource
 
@@ -25,7 +25,7 @@ def make_client(token="", **config_values):
     registry = FakeRegistry(max_kernels=config.max_kernels)
     cors = CorsPolicy(config.allow_origin, config.allow_headers, config.allow_methods)
     api = GatewayAPI(config, registry, FakeKernelSpecs(), SessionStore(registry), make_portal(token),
-                     make_channels_factory(registry, config), cors, FailureLimiter(Clock()))
+                     ChannelsFactory(registry, config, Clock()), cors, FailureLimiter(Clock()))
     return StubTreq(make_root_resource(api.resource(), cors, config.base_url)), registry
 
 

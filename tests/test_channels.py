@@ -187,8 +187,7 @@ def test_same_session_replaces_stale_connection(gateway, kernel):
 @pytest.mark.parametrize("frame,binary", [
     (b"{not json", False),
     (b'{"channel": "shell"}', False),
-    (b'{"channel": "hb", "header": {"msg_id": "x", "msg_type": "y"}}', False),
-    (b'{"channel": "nope", "header": {"msg_id": "x", "msg_type": "y"}}', False),
+    (b'{"channel": "iopub", "header": {"msg_id": "x", "msg_type": "y"}}', False),
     (b"\x00\x00\x00\x09garbage", True),
 ])
 def test_malformed_frames_close_only_that_client(gateway, kernel, frame, binary):
@@ -202,6 +201,15 @@ def test_malformed_frames_close_only_that_client(gateway, kernel, frame, binary)
             bad.recv(10)
         assert stdout_of(bystander.run("print('still here')")) == "still here\n"
     assert gateway.request("GET", f"/api/kernels/{kernel['id']}").status_code == 200
+
+
+@FORMATS
+@pytest.mark.parametrize("channel", ["nope", "hb"])
+def test_a_message_on_an_unknown_channel_is_ignored(gateway, kernel, v1, channel):
+    """As in jupyter_server: a warning in the log, and the connection carries on."""
+    with gateway.connect(kernel["id"], v1=v1) as client:
+        client.send(channel, "kernel_info_request", {})
+        assert stdout_of(client.run("print('still here')")) == "still here\n"
 
 
 def test_websocket_auth_and_lookup_happen_before_upgrade(gateway, kernel):

@@ -79,3 +79,24 @@ def test_relative_links_resolve(page):
     text = (DOCS / page).read_text(encoding="utf-8")
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
         assert (DOCS / target).exists(), f"{page} links to missing {target}"
+
+
+def _modules():
+    package = DOCS.parent / "jkg"
+    for path in sorted(package.rglob("*.py")):
+        if path.name not in ("__init__.py", "__main__.py"):
+            yield path.relative_to(package).with_suffix("").as_posix()
+
+
+@pytest.mark.parametrize("module", list(_modules()))
+def test_the_architecture_page_places_every_module(module):
+    """The module map is the house plan: a module it does not name has no agreed room."""
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    package = module.split("/")[0] + "/"
+    assert f"`{module}`" in text or (package == "client/" and "`client/`" in text), module
+
+
+def test_the_architecture_page_says_who_signs_kernel_messages():
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    assert "`kernels/signer`" in text
+    assert "jupyter_client.session.Session" not in text  # jkg signs with its own Signer, not Session

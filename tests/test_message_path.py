@@ -166,21 +166,16 @@ def test_forwarded_legacy_json_has_jupyter_servers_content():
 
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from twisted.internet.error import ConnectionDone  # noqa: E402
+from twisted.internet.task import Clock  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
+from twisted.python.failure import Failure  # noqa: E402
 
 from jkg.config import GatewayConfig  # noqa: E402
+from jkg.testing import FakeKernel as _FakeKernel  # noqa: E402
+from jkg.testing import FakeRegistry  # noqa: E402
+from jkg import wire  # noqa: E402
 from jkg.web import channels as web_channels  # noqa: E402
-
-
-class _Registry:
-    def attach(self, kernel_id, client):
-        pass
-
-    def detach(self, kernel_id, client):
-        pass
-
-    def send(self, kernel_id, client, message):
-        pass
 
 
 class _Recording(web_channels.ChannelsProtocol):
@@ -189,10 +184,13 @@ class _Recording(web_channels.ChannelsProtocol):
 
 
 def _open_protocol(max_size=0):
-    factory = web_channels.make_channels_factory(_Registry(), GatewayConfig(max_message_size=max_size,
-                                                                            ws_ping_interval=0))
+    registry = FakeRegistry()
+    kernel = _FakeKernel()
+    registry.kernels[kernel.id] = kernel
+    factory = web_channels.ChannelsFactory(registry, GatewayConfig(max_message_size=max_size, ws_ping_interval=0),
+                                           Clock())
     factory.protocol = _Recording
-    protocol = factory.buildProtocol(None)
+    protocol = factory.build(kernel.id, "session")
     protocol.got = []
     transport = StringTransport()
     protocol.makeConnection(transport)
@@ -256,3 +254,66 @@ def test_unmask_matches_the_rfc():
     for size in (0, 1, 3, 4, 5, 4095, 4096, 10_001):
         data = bytes((i * 7) & 0xFF for i in range(size))
         assert web_channels._unmask(mask, data) == bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+# ---------------------------------------------------------------- the protocol and its kernel, in memory
+
+
+def _attached_protocol(subprotocol=None):
+    """A real ChannelsProtocol, open on a StringTransport, attached to a FakeKernel."""
+    registry = FakeRegistry()
+    kernel = _FakeKernel()
+    registry.kernels[kernel.id] = kernel
+    factory = web_channels.ChannelsFactory(registry, GatewayConfig(ws_ping_interval=0), Clock())
+    protocol = factory.build(kernel.id, "session-1", "tenant", lambda: None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    offer = b"Sec-WebSocket-Protocol: " + subprotocol.encode() + b"\r\n" if subprotocol else b""
+    protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" + offer
+                          + b"\r\n")
+    assert protocol.state == web_channels._OPEN
+    transport.clear()
+    return protocol, transport, kernel
+
+
+def _legacy(channel: str, msg_id: str) -> bytes:
+    return json.dumps({"channel": channel, "header": {"msg_id": msg_id, "msg_type": "kernel_info_request"},
+                       "parent_header": {}, "metadata": {}, "content": {}}).encode()
+
+
+def test_the_protocol_is_built_with_its_context_and_sends_through_the_kernel_it_attached_to():
+    protocol, transport, kernel = _attached_protocol()
+    assert (protocol.kernel_id, protocol.session_id, protocol.tenant) == (kernel.id, "session-1", "tenant")
+    assert protocol.kernel is kernel and kernel.clients == {"session-1": protocol}
+    protocol.dataReceived(client_frame(1, _legacy("shell", "m1")))
+    assert [(session, message.channel, message.header["msg_id"]) for session, message in kernel.sent] == \
+        [("session-1", "shell", "m1")]
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert kernel.clients == {}
+
+
+def test_a_bare_buildprotocol_is_refused():
+    factory = web_channels.ChannelsFactory(FakeRegistry(), GatewayConfig(), Clock())
+    with pytest.raises(TypeError):
+        factory.buildProtocol(None)
+
+
+@pytest.mark.parametrize("v1", [False, True], ids=["legacy", "v1"])
+def test_a_message_on_an_unknown_channel_is_ignored_and_the_connection_stays(v1):
+    protocol, transport, kernel = _attached_protocol(wire.V1_PROTOCOL if v1 else None)
+    for channel, msg_id in (("nope", "m1"), ("hb", "m2"), ("shell", "m3")):
+        if v1:
+            header = json.dumps({"msg_id": msg_id, "msg_type": "kernel_info_request"}).encode()
+            protocol.dataReceived(client_frame(2, wire.encode_v1(channel, [header, b"{}", b"{}", b"{}"])))
+        else:
+            protocol.dataReceived(client_frame(1, _legacy(channel, msg_id)))
+    assert protocol.state == web_channels._OPEN and transport.value() == b""  # no close frame
+    assert [message.header["msg_id"] for _, message in kernel.sent] == ["m3"]
+
+
+def test_a_message_on_iopub_still_closes_with_4400():
+    protocol, transport, kernel = _attached_protocol()
+    protocol.dataReceived(client_frame(1, _legacy("iopub", "m1")))
+    assert transport.value()[:1] == b"\x88" and int.from_bytes(transport.value()[2:4], "big") == 4400
+    assert kernel.sent == []

@@ -238,3 +238,74 @@ def test_heartbeat_marks_silent_kernels_dead_and_revives_them():
         for loop in (registry._watcher, registry._culler, registry._heart):
             if loop.running:
                 loop.stop()
+
+
+def test_admins_see_who_owns_each_session_as_in_their_kernel_listing():
+    from jkg.sessions import SessionStore
+    from jkg.testing import FakeRegistry
+
+    sessions = SessionStore(FakeRegistry())
+    results = []
+    sessions.create({"path": "a.ipynb"}, ALICE).addCallback(results.append)  # fires at once: fake kernels
+    sessions.create({"path": "b.ipynb"}, BOB).addCallback(results.append)
+    (mine, _), _ = results
+    assert "owner" not in mine and "owner" not in mine["kernel"]
+    listed = {entry["path"]: entry for entry in sessions.list(ADMIN)}
+    assert listed["a.ipynb"]["owner"] == "alice" and listed["a.ipynb"]["kernel"]["owner"] == "alice"
+    assert listed["b.ipynb"]["owner"] == "bob" and listed["b.ipynb"]["kernel"]["owner"] == "bob"
+    assert sessions.get(mine["id"], ADMIN)["owner"] == "alice"
+    assert ["owner" in entry for entry in sessions.list(ALICE)] == [False]
+
+
+def _dying_kernel(clock, restart_limit: int, lifetime: float):
+    """A registry watching one kernel whose process dies ``lifetime`` seconds after every start."""
+    launcher = FakeLauncher()
+    config = GatewayConfig(restart_limit=restart_limit, kernel_poll_interval=0.5)
+    registry = KernelRegistry(launcher, AnsweringChannels, config, clock, environ={"PATH": "/bin"})
+    (kernel,) = started(registry, launcher, None)
+    launched = kernel.launched
+    restart = launched.restart
+
+    def restart_and_die_again(now=False):
+        clock.callLater(lifetime, setattr, launched, "alive", False)
+        return restart(now)
+
+    launched.restart = restart_and_die_again
+    clock.callLater(lifetime, setattr, launched, "alive", False)
+    registry.startService()
+    return registry, kernel
+
+
+def _stop_loops(registry):
+    for loop in (registry._watcher, registry._culler, registry._heart):
+        if loop.running:
+            loop.stop()
+
+
+def test_a_kernel_that_dies_a_second_after_every_start_is_dead_at_the_restart_limit():
+    from jkg.testing import RecordingClient
+
+    clock = Clock()
+    registry, kernel = _dying_kernel(clock, restart_limit=2, lifetime=1.0)
+    client = RecordingClient("s")
+    kernel.attach(client)
+    try:
+        for _ in range(150):  # 75 s, as in the report of 37 restarts
+            clock.advance(0.5)
+        assert kernel.launched.restarts == 2
+        assert kernel.model()["execution_state"] == "dead"
+        assert b"dead" in client.delivered[-1].parts[3]
+    finally:
+        _stop_loops(registry)
+
+
+def test_restarts_stop_counting_once_a_kernel_stayed_up_a_while():
+    clock = Clock()
+    registry, kernel = _dying_kernel(clock, restart_limit=1, lifetime=15.0)  # > STABLE_AFTER
+    try:
+        for _ in range(100):  # 50 s: three deaths, each after a stable run
+            clock.advance(0.5)
+        assert kernel.launched.restarts == 3
+        assert kernel.model()["execution_state"] != "dead"
+    finally:
+        _stop_loops(registry)

@@ -131,6 +131,9 @@ def test_listings_are_isolated_and_admins_see_owners(tenants):
         assert everything[a["id"]]["owner"] == "alice" and everything[b["id"]]["owner"] == "bob"
         assert carol.request("POST", f"/api/kernels/{b['id']}/interrupt").status_code == 204
         assert "owner" not in alice.request("GET", f"/api/kernels/{a['id']}").json()
+        sessions = carol.request("GET", "/api/sessions").json()
+        assert [(s["owner"], s["kernel"]["owner"]) for s in sessions] == [("alice", "alice")]
+        assert "owner" not in alice.request("GET", "/api/sessions").json()[0]
     finally:
         carol.request("DELETE", f"/api/kernels/{a['id']}")
         carol.request("DELETE", f"/api/kernels/{b['id']}")

@@ -41,6 +41,11 @@ class Tenant:
     def may_start(self, kernel_name: str) -> bool:
         return self.kernelspecs is None or kernel_name in self.kernelspecs
 
+    @property
+    def sees_owners(self) -> bool:
+        """Whether listings show this tenant who owns each kernel and session (named admins)."""
+        return self.admin and self.named
+
     def default_kernel(self, gateway_default: str) -> str:
         """The gateway's default, or this tenant's first allowed kernelspec if that is not allowed."""
         if self.may_start(gateway_default) or not self.kernelspecs:

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..errors import BadRequest, KernelLaunchError
-from ..interfaces import IKernel
+from ..interfaces import IAttachedKernel
 from .messages import KernelMessage, isoformat, loads, local_message, make_message_parts, status_parts, utcnow
 from .replay import ReplayBuffer
 
@@ -34,9 +34,12 @@ FLOW_STALL = 0.25
 FLOW_POLL = 0.005
 NUDGE_INTERVAL = 0.5
 CLIENT_CHANNELS = frozenset({"shell", "control", "stdin"})
+#: Seconds a kernel must stay up after its last death before its automatic
+#: restarts stop counting as "in a row" (jupyter_client's ``stable_start_time``).
+STABLE_AFTER = 10.0
 
 
-@implementer(IKernel)
+@implementer(IAttachedKernel)
 class ManagedKernel:
     """State and message routing for one kernel.
 
@@ -56,7 +59,8 @@ class ManagedKernel:
         self.execution_state = "starting"
         self.created = self.last_activity = utcnow()
         self.clients: dict[str, object] = {}
-        self.restart_count = 0
+        self.restart_count = 0  # automatic restarts in a row (see died/seen_alive)
+        self._last_death: float | None = None
         self.heartbeat_misses = 0
         self.dead_by_heartbeat = False
         self.busy_with: str | None = None  # "restarting" / "shutting down" while one runs
@@ -75,6 +79,23 @@ class ManagedKernel:
         self.channels = connect(launched.connection_info, self._on_message)
 
     # -- the model ---------------------------------------------------------
+    # -- life and death (the registry's watch reports; the kernel keeps count) ----
+    def died(self) -> int:
+        """The process was found dead: count it; return the deaths in a row so far.
+
+        Deaths count "in a row" until the kernel stays up :data:`STABLE_AFTER`
+        seconds (:meth:`seen_alive`), as jupyter_client's restarter counts: a
+        kernel that dies a second after every start reaches the restart limit.
+        """
+        self._last_death = self._clock.seconds()
+        self.restart_count += 1
+        return self.restart_count
+
+    def seen_alive(self) -> None:
+        """The process was found alive: once it stayed up long enough, earlier deaths are forgiven."""
+        if self.restart_count and self._clock.seconds() - self._last_death >= STABLE_AFTER:
+            self.restart_count = 0
+
     def model(self) -> dict:
         return {
             "id": self.id,

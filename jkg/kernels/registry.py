@@ -376,16 +376,10 @@ class KernelRegistry(Service):
                             consumeErrors=True)
 
     # -- clients -------------------------------------------------------------
-    def attach(self, kernel_id: str, client) -> None:
-        self.get(kernel_id).attach(client)
-
-    def detach(self, kernel_id: str, client) -> None:
-        kernel = self.kernels.get(kernel_id)
-        if kernel is not None:
-            kernel.detach(client)
-
-    def send(self, kernel_id: str, client, message) -> None:
-        self.get(kernel_id).send(client, message)
+    def attach(self, kernel_id: str, client) -> ManagedKernel:
+        kernel = self.get(kernel_id)
+        kernel.attach(client)
+        return kernel
 
     # -- culling ---------------------------------------------------------------
     def _cull(self) -> Deferred:
@@ -449,10 +443,10 @@ class KernelRegistry(Service):
     def _check(self, kernel: ManagedKernel):
         alive = yield kernel.launched.is_alive()
         if alive or kernel.id not in self.kernels or self._locks[kernel.id].locked:
-            if alive and kernel.restart_count and kernel.execution_state == "idle":
-                kernel.restart_count = 0
+            if alive:
+                kernel.seen_alive()
             return
-        kernel.restart_count += 1
+        kernel.died()
         if not getattr(kernel.launched, "can_restart", True):
             log.warn("kernel {id}, started outside jkg, died", id=kernel.id)
             kernel.channels.close()

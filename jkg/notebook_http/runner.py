@@ -2,7 +2,7 @@
 
 A :class:`KernelRunner` is an :class:`jkg.interfaces.IKernelClient` attached
 to one kernel through the registry, exactly like a WebSocket: requests go
-over jkg's own channels (``registry.send``), and the kernel's iopub reaches
+over jkg's own channels (through the kernel ``registry.attach`` returned), and the kernel's iopub reaches
 :meth:`deliver`.  Each execution is matched by its ``msg_id`` and ends with
 the kernel's ``idle`` status for it.  The runner never decides policy (which
 kernel, how long): the pool does.
@@ -49,7 +49,7 @@ class KernelRunner:
         self.lost = False
         self.tenant: str | None = None  # who holds it now (the pool's bookkeeping)
         self._current: tuple[str, CellOutput, Deferred] | None = None
-        registry.attach(kernel_id, self)
+        self.kernel = registry.attach(kernel_id, self)  # an IAttachedKernel
 
     # -- IKernelClient -----------------------------------------------------------
     def deliver(self, message) -> None:
@@ -102,7 +102,7 @@ class KernelRunner:
         done: Deferred = Deferred(lambda d: self.abandon())
         self._current = (header["msg_id"], CellOutput(), done)
         try:
-            self.registry.send(self.kernel_id, self, IncomingMessage("shell", header, parts))
+            self.kernel.send(self, IncomingMessage("shell", header, parts))
         except Exception as error:  # noqa: BLE001 - the kernel vanished from the registry
             self._current = None
             self._lose(f"send failed: {error}")
@@ -129,7 +129,7 @@ class KernelRunner:
     def close(self) -> None:
         """Detach from the kernel (it stays running; the pool shuts it down)."""
         self.lost = True
-        self.registry.detach(self.kernel_id, self)
+        self.kernel.detach(self)
 
 
 @inlineCallbacks

@@ -73,7 +73,7 @@ class GatewayAPI:
 
     def _model(self, kernel, tenant) -> dict:
         model = kernel.model()
-        if tenant.admin and tenant.named:
+        if tenant.sees_owners:
             model["owner"] = kernel.owner
         return model
 

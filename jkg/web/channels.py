@@ -58,7 +58,6 @@ def negotiate_subprotocol(offered: bytes | None) -> str | None:
                      f"this gateway speaks {wire.V1_PROTOCOL} or the legacy protocol (no subprotocol)")
 
 
-
 def _unmask(mask: bytes, data: bytes) -> bytes:
     """A client frame's payload, unmasked (RFC 6455 5.3)."""
     size = len(data)
@@ -76,22 +75,33 @@ _DECODERS = {
 }
 
 
-
 @implementer(IKernelClient)
 class ChannelsProtocol(WebSocketServerProtocol):
-    """One client's WebSocket to one kernel."""
+    """One client's WebSocket to one kernel.
 
-    kernel_id = ""
-    session_id = ""
-    tenant = ""
-    wire_format = LEGACY
-    release = staticmethod(lambda: None)
-    attached = False
-    #: non-zero once disconnected for being too slow: the buffer limit it went over
-    dropped_as_slow = 0
-    _outbox: Outbox | None = None  # set when the WebSocket opens
-    _corked: list | None = None  # frames held back until the read batch ends
-    _rate_limit: IOPubRateLimit | None = None
+    Built by :meth:`ChannelsFactory.build` with what the REST route found out
+    (the kernel, the session, the tenant, and ``release``, which gives back the
+    tenant's connection place when the connection is lost).  Once open, it
+    holds the kernel that :meth:`~jkg.interfaces.IKernelRegistry.attach`
+    returned and talks to it directly.
+    """
+
+    def __init__(self, kernel_id: str, session_id: str, tenant: str = "", release=lambda: None):
+        super().__init__()
+        self.kernel_id = kernel_id
+        self.session_id = session_id
+        self.tenant = tenant
+        self.release = release
+        self.wire_format = LEGACY
+        self._encode = encode_legacy_frame
+        #: the attached kernel (an :class:`~jkg.interfaces.IAttachedKernel`), None when not attached
+        self.kernel = None
+        #: non-zero once disconnected for being too slow: the buffer limit it went over
+        self.dropped_as_slow = 0
+        self._outbox: Outbox | None = None  # set when the WebSocket opens
+        self._corked: list | None = None  # frames held back until the read batch ends
+        self._rate_limit: IOPubRateLimit | None = None
+        self._abort_call = None
 
     def onConnect(self, request):  # noqa: N802 - autobahn API
         self.wire_format = V1 if wire.V1_PROTOCOL in request.protocols else LEGACY
@@ -111,11 +121,9 @@ class ChannelsProtocol(WebSocketServerProtocol):
             self._rate_limit = IOPubRateLimit(*limits)
         self.factory.connections.protocols.setdefault(self.tenant, set()).add(self)
         try:
-            self.factory.registry.attach(self.kernel_id, self)
+            self.kernel = self.factory.registry.attach(self.kernel_id, self)
         except GatewayError as error:  # deleted between the route's lookup and now
             self.sendClose(1000, error.message[:120])
-            return
-        self.attached = True
 
     def dataReceived(self, data):  # noqa: N802 - Twisted API
         """Whole, unfragmented data frames go straight to :meth:`onMessage`; the rest to autobahn.
@@ -169,12 +177,22 @@ class ChannelsProtocol(WebSocketServerProtocol):
             self._dataReceived(data[pos:] if pos else data)
 
     def onMessage(self, payload, isBinary):  # noqa: N802,N803 - autobahn API
+        """Decode and forward to the kernel; a malformed message closes with 4400.
+
+        A message on a channel that does not exist is ignored with a warning,
+        as jupyter_server does (clients rely on that).
+        """
+        kernel = self.kernel
+        if kernel is None:
+            return
         decode = _DECODERS.get((self.wire_format, isBinary))
         try:
             if decode is None:
                 raise wire.WireError("text frames are not part of the v1 protocol")
             incoming = decode(payload)
-            self.factory.registry.send(self.kernel_id, self, incoming)
+            kernel.send(self, incoming)
+        except wire.UnknownChannel as error:
+            _log.warn("ignored a message from session {session}: {error}", session=self.session_id, error=error)
         except wire.WireError as error:
             _log.info("closing {session}: malformed message: {error}", session=self.session_id, error=error)
             self.sendClose(CLOSE_BAD_MESSAGE, f"malformed message: {error}"[:120])
@@ -183,12 +201,15 @@ class ChannelsProtocol(WebSocketServerProtocol):
             self.sendClose(code, error.message[:120])
 
     def onClose(self, wasClean, code, reason):  # noqa: N802,N803 - autobahn API
-        if getattr(self, "attached", False):
-            self.attached = False
-            self.factory.registry.detach(self.kernel_id, self)
+        self._detach()
+
+    def _detach(self) -> None:
+        kernel, self.kernel = self.kernel, None
+        if kernel is not None:
+            kernel.detach(self)
 
     def connectionLost(self, reason):  # noqa: N802 - Twisted API
-        call = getattr(self, "_abort_call", None)
+        call = self._abort_call
         if call is not None and call.active():
             call.cancel()
         self.factory.connections.protocols.get(self.tenant, set()).discard(self)
@@ -297,9 +318,7 @@ class ChannelsProtocol(WebSocketServerProtocol):
         _log.warn("closing session {session} of kernel {kernel}: {reason}", session=self.session_id,
                   kernel=self.kernel_id, reason=reason)
         self.dropped_as_slow = limit
-        if self.attached:
-            self.attached = False
-            self.factory.registry.detach(self.kernel_id, self)
+        self._detach()
         outbox = self._outbox
         if isinstance(outbox, TCPOutbox):
             outbox.trim()  # free the backlog now; the close frame follows the frame under way
@@ -313,53 +332,63 @@ class ChannelsProtocol(WebSocketServerProtocol):
         @jupyterlab/services reconnects on any code but 1000: a kernel that is
         gone closes with 1000, a gateway restart with 4503 (come back).
         """
-        if getattr(self, "attached", False):
-            self.attached = False
+        if self.kernel is not None:
+            self.kernel = None  # the kernel let go of this client already
             self.sendClose(code if 3000 <= code <= 4999 else 1000, reason[:120])
 
 
-def make_channels_factory(registry, config) -> WebSocketServerFactory:
-    """The one WebSocket factory of a gateway, with limits set in one place."""
-    factory = WebSocketServerFactory()
-    factory.protocol = ChannelsProtocol
-    factory.registry = registry
-    factory.connections = ConnectionCounter()
-    factory.client_buffer_limit = config.client_buffer_limit
-    if config.iopub_msg_rate_limit or config.iopub_data_rate_limit:
-        factory.rate_limits = (config.iopub_msg_rate_limit, config.iopub_data_rate_limit, config.rate_limit_window)
-    else:
-        factory.rate_limits = None
-    options = {
-        "maxMessagePayloadSize": config.max_message_size,
-        "maxFramePayloadSize": config.max_message_size,
-        "openHandshakeTimeout": 30,
-        "tcpNoDelay": True,
-        # Legacy text frames are parsed as strict UTF-8 JSON by jkg.wire anyway.
-        "utf8validateIncoming": False,
-    }
-    if config.ws_ping_interval:
-        options["autoPingInterval"] = config.ws_ping_interval
-        if config.ws_ping_timeout:
-            options["autoPingTimeout"] = config.ws_ping_timeout
-    factory.setProtocolOptions(**options)
-    return factory
+class ChannelsFactory(WebSocketServerFactory):
+    """The one WebSocket factory of a gateway: its collaborators, limits and reactor, given once.
 
+    :param registry: the :class:`~jkg.interfaces.IKernelRegistry` clients attach to.
+    :param config: the gateway's :class:`~jkg.config.GatewayConfig` (message size,
+        buffer and rate limits, pings).
+    :param reactor: drives every connection (autobahn's timers included).
+    :param connections: the open connections per tenant (:class:`~jkg.auth.quota.ConnectionCounter`).
+    """
 
-class _ContextFactory:
-    """Builds the factory's protocol and attaches one request's context to it."""
+    protocol = ChannelsProtocol
 
-    def __init__(self, factory, context: dict):
-        self._factory = factory
-        self._context = context
+    def __init__(self, registry, config, reactor, connections: ConnectionCounter | None = None):
+        super().__init__(reactor=reactor)
+        self.registry = registry
+        self.connections = connections if connections is not None else ConnectionCounter()
+        self.client_buffer_limit = config.client_buffer_limit
+        self.rate_limits = None
+        if config.iopub_msg_rate_limit or config.iopub_data_rate_limit:
+            self.rate_limits = (config.iopub_msg_rate_limit, config.iopub_data_rate_limit, config.rate_limit_window)
+        options = {
+            "maxMessagePayloadSize": config.max_message_size,
+            "maxFramePayloadSize": config.max_message_size,
+            "openHandshakeTimeout": 30,
+            "tcpNoDelay": True,
+            # Legacy text frames are parsed as strict UTF-8 JSON by jkg.wire anyway.
+            "utf8validateIncoming": False,
+        }
+        if config.ws_ping_interval:
+            options["autoPingInterval"] = config.ws_ping_interval
+            if config.ws_ping_timeout:
+                options["autoPingTimeout"] = config.ws_ping_timeout
+        self.setProtocolOptions(**options)
+
+    def build(self, kernel_id: str, session_id: str, tenant: str = "", release=lambda: None) -> ChannelsProtocol:
+        """The protocol for one client's connection to ``kernel_id``."""
+        protocol = self.protocol(kernel_id, session_id, tenant, release)
+        protocol.factory = self
+        return protocol
 
     def buildProtocol(self, addr):  # noqa: N802 - Twisted API
-        protocol = self._factory.buildProtocol(addr)
-        if protocol is None:
-            self._context["release"]()
-            return None
-        for name, value in self._context.items():
-            setattr(protocol, name, value)
-        return protocol
+        raise TypeError("a channels WebSocket belongs to a kernel and session: use ChannelsUpgrade")
+
+
+class _OneConnection:
+    """What :class:`ChannelsUpgrade` hands autobahn: builds the protocol for one request."""
+
+    def __init__(self, factory: ChannelsFactory, kernel_id: str, session_id: str, tenant: str, release):
+        self._build = lambda: factory.build(kernel_id, session_id, tenant, release)
+
+    def buildProtocol(self, addr):  # noqa: N802 - Twisted API
+        return self._build()
 
 
 class ChannelsUpgrade(WebSocketResource):
@@ -369,6 +398,6 @@ class ChannelsUpgrade(WebSocketResource):
         called when the connection is lost.
     """
 
-    def __init__(self, factory, kernel_id: str, session_id: str, tenant: str = "", release=lambda: None):
-        super().__init__(_ContextFactory(factory, {"kernel_id": kernel_id, "session_id": session_id,
-                                                   "tenant": tenant, "release": release}))
+    def __init__(self, factory: ChannelsFactory, kernel_id: str, session_id: str, tenant: str = "",
+                 release=lambda: None):
+        super().__init__(_OneConnection(factory, kernel_id, session_id, tenant, release))
