@@ -43,6 +43,7 @@ setup(
             "websocket-client>=1.8",
             "requests>=2.31",
             "jupyter_server>=2.14,<3",
+            "ruff>=0.6",
         ],
     },
     entry_points={

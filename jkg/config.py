@@ -236,7 +236,8 @@ OPTIONS: tuple[Option, ...] = (
            ("JKG_CULL_INTERVAL", "KG_CULL_INTERVAL")),
     Option("cull_connected", "false", _flag, "Also cull idle kernels that have open WebSockets.",
            ("JKG_CULL_CONNECTED", "KG_CULL_CONNECTED"), flag=True),
-    Option("cull_busy", "false", _flag, "Also cull kernels that are busy.", ("JKG_CULL_BUSY", "KG_CULL_BUSY"), flag=True),
+    Option("cull_busy", "false", _flag, "Also cull kernels that are busy.", ("JKG_CULL_BUSY", "KG_CULL_BUSY"),
+           flag=True),
     Option("state_db", "", _text, "SQLite file keeping kernel records (mode 0600: it holds signing keys); "
            "empty means jkg-state.sqlite in the Jupyter runtime directory, none disables it.", ("JKG_STATE_DB",)),
     Option("keep_kernels_on_exit", "false", _flag, "On SIGTERM leave kernels running; the next jkg with the "

@@ -192,7 +192,8 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     seed_cells = read_seed(config.seed_uri) if config.seed_uri and not notebook_http else ()
     registry_config = config.replace(prespawn_count=0, pool=()) if notebook_http else config
     store = open_store(config.state_db, reactor)
-    registry = KernelRegistry(KernelLauncher(specs, independent=config.keep_kernels_on_exit, reactor=reactor), connect, registry_config, reactor, seed_cells=seed_cells, store=store)
+    launcher = KernelLauncher(specs, independent=config.keep_kernels_on_exit, reactor=reactor)
+    registry = KernelRegistry(launcher, connect, registry_config, reactor, seed_cells=seed_cells, store=store)
     ws_factory = ChannelsFactory(registry, config, reactor)
 
     def tenants_removed(names):

@@ -21,7 +21,7 @@ from itertools import accumulate
 from json.encoder import encode_basestring_ascii as _encode_basestring_ascii
 from operator import le
 from struct import Struct
-from struct import error as _StructError
+from struct import error as _struct_error
 from typing import Any, NamedTuple, Sequence
 
 import msgspec as _msgspec
@@ -248,7 +248,7 @@ def encode_legacy_pieces(channel: str, parts: Sequence[bytes], msg_id: str,
     offsets = accumulate((4 * (nbufs + 1), sum(map(len, pieces)), *map(len, buffers[:-1])))
     try:
         table = _be_u32s(nbufs + 1).pack(nbufs, *offsets)
-    except _StructError:
+    except _struct_error:
         raise ValueError("message too large for the legacy binary format") from None
     return [table, *pieces, *buffers], True
 

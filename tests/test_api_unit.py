@@ -39,7 +39,6 @@ def stub():
 
 
 def result(deferred):
-    from twisted.internet.defer import Deferred
 
     results = []
     deferred.addBoth(results.append)

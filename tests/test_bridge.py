@@ -10,7 +10,7 @@ import pytest
 from jupyter_client.connect import write_connection_file
 
 from jkg.kernels.discovery import ConnectionFileError, kernel_id_for, read_connection_file
-from support import GatewayProcess, pid_alive, stdout_of
+from support import GatewayProcess, stdout_of
 
 
 def start_outside_kernel(path):

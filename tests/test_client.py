@@ -406,9 +406,7 @@ def test_basic_credentials_and_kernel_env(gateway, monkeypatch):
 
 def test_tls_is_verified_by_default(tmp_path, monkeypatch):
     pytest.importorskip("cryptography")
-    import re
 
-    import support
 
     cert, key = self_signed_certificate(tmp_path)
     listen = f"--listen=ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"

@@ -335,7 +335,7 @@ def test_restart_keeps_open_websocket_usable(stack, kernel):
         while True:
             msg_id = client.send("shell", "kernel_info_request", {})
             try:
-                client.wait_for(lambda m: m["parent_header"].get("msg_id") == msg_id
+                client.wait_for(lambda m, msg_id=msg_id: m["parent_header"].get("msg_id") == msg_id
                                 and m["msg_type"] == "kernel_info_reply", timeout=2)
                 break
             except TimeoutError:

@@ -5,7 +5,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 import uuid
 
@@ -85,8 +84,8 @@ def test_wrong_method_is_405(gateway):
     (["--listen", "systemd:domain=INET:name=jkg-http"], {}, "systemd passed no socket named 'jkg-http'"),
     (["--keyfile", "key.pem"], {}, "need --certfile"),
     ([], {"KG_CERTFILE": "/nonexistent/cert.pem"}, "cannot read certificate (--certfile) /nonexistent/cert.pem"),
-], ids=["pool", "default-kernel", "existing", "kg-api", "kg-api-unknown", "listen", "ip", "unknown-flag", "systemd-name",
-        "keyfile-alone", "certfile-missing"])
+], ids=["pool", "default-kernel", "existing", "kg-api", "kg-api-unknown", "listen", "ip", "unknown-flag",
+        "systemd-name", "keyfile-alone", "certfile-missing"])
 def test_wrong_settings_stop_with_one_line(args, env, fragment):
     result = run_twistd("--port", "0", *args, env=env)
     stderr = result.stderr.decode()

@@ -8,7 +8,7 @@ import time
 import pytest
 import websocket
 
-from support import TWISTD, GatewayProcess, children_of, pid_alive, stdout_of
+from support import TWISTD, GatewayProcess, pid_alive, stdout_of
 
 
 def kernel_pid(gateway, kernel_id, session_id=None):

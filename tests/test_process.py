@@ -121,7 +121,6 @@ def test_sigkilled_gateway_leaves_no_orphan_kernels():
 
 
 def test_systemd_readiness_is_notified_after_listening(tmp_path):
-    import os
     import socket as socketlib
 
     path = str(tmp_path / "notify.sock")

@@ -17,8 +17,9 @@ def test_defaults_are_loopback_8888():
 
 
 def test_kg_environment_variables_are_read():
-    config = build_config({}, {"KG_PORT": "9000", "KG_IP": "::1", "KG_MAX_KERNELS": "3", "KG_LIST_KERNELS": "False",
-                               "KG_BASE_URL": "gw", "KG_ENV_PROCESS_WHITELIST": "A, B", "KG_AUTH_TOKEN": "s3cr3t-value"})
+    config = build_config({}, {"KG_PORT": "9000", "KG_IP": "::1", "KG_MAX_KERNELS": "3",
+                               "KG_LIST_KERNELS": "False", "KG_BASE_URL": "gw", "KG_ENV_PROCESS_WHITELIST": "A, B",
+                               "KG_AUTH_TOKEN": "s3cr3t-value"})
     assert config.port == 9000 and config.max_kernels == 3 and config.list_kernels is False
     assert config.base_url == "/gw/" and config.env_process_whitelist == ("A", "B")
     assert config.endpoints == ("tcp:9000:interface=\\:\\:1",)

@@ -149,9 +149,9 @@ def test_v1_worked_example_offsets():
     frame = encode_v1("shell", [h, p, m, c])
     offsets = struct.unpack_from("<7Q", frame)
     assert offsets[0] == 6
-    H, P, M, C = map(len, (h, p, m, c))
-    assert list(offsets[1:]) == [56, 61, 61 + H, 61 + H + P, 61 + H + P + M, 61 + H + P + M + C]
-    assert len(frame) == 61 + H + P + M + C
+    lh, lp, lm, lc = map(len, (h, p, m, c))
+    assert list(offsets[1:]) == [56, 61, 61 + lh, 61 + lh + lp, 61 + lh + lp + lm, 61 + lh + lp + lm + lc]
+    assert len(frame) == 61 + lh + lp + lm + lc
     assert frame[56:61] == b"shell" and frame[61:] == h + p + m + c
 
 
@@ -323,8 +323,8 @@ def test_legacy_binary_layout_and_round_trip(nbufs):
 def test_legacy_binary_worked_example():
     h = b'{"msg_id":"1","msg_type":"x"}'
     frame, _ = encode_legacy("iopub", [h, b"{}", b"{}", b"{}", b"BUFFER"], "1", "x")
-    J = len(frame) - 12 - 6
-    assert struct.unpack_from(">3I", frame) == (2, 12, 12 + J)
+    json_size = len(frame) - 12 - 6
+    assert struct.unpack_from(">3I", frame) == (2, 12, 12 + json_size)
     assert frame.endswith(b'"channel":"iopub"}BUFFER')
 
 

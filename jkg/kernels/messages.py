@@ -66,7 +66,7 @@ class KernelMessage:
 
 def split_frames(frames: Sequence[bytes]) -> tuple[bytes, list]:
     """Drop routing identities; return ``(signature, parts)``."""
-    for index, frame in enumerate(frames):
+    for index, frame in enumerate(frames):  # noqa: B007 - ``index`` is used after the loop
         if frame == DELIMITER:
             break
     else:

@@ -338,7 +338,7 @@ class KernelRegistry(Service):
             if not automatic:
                 kernel.broadcast_status("starting")
             yield kernel.wait_ready(self.config.kernel_launch_timeout)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - whatever failed, the kernel is reported dead below
             kernel.busy_with = None
             log.error("kernel {id} could not be restarted: {error}", id=kernel.id, error=error)
             kernel.broadcast_status("dead")
