@@ -48,6 +48,10 @@ def named_kernelspecs(config: GatewayConfig) -> list[tuple[str, str]]:
     except ValueError as error:
         raise ConfigError(f"invalid value for --pool: {error}") from None
     named += [("--pool", name) for name in sizes]
+    if config.api == "notebook-http" and not config.force_kernel_name:
+        from .notebook_http.notebooks import declared_kernelspecs
+
+        named += declared_kernelspecs(config.seed_uri, config.notebook_dir)
     return named
 
 

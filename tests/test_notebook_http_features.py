@@ -166,6 +166,19 @@ def test_bad_annotation_stops_startup_with_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_kernelspec_that_is_not_installed_stops_startup(tmp_path):
+    notebook = tmp_path / "api.ipynb"
+    write_notebook(notebook, "# GET /x\nprint(1)")
+    data = json.loads(notebook.read_text())
+    data["metadata"]["kernelspec"]["name"] = "nosuchkernel"
+    notebook.write_text(json.dumps(data))
+    result = subprocess.run([*TWISTD, "-n", "--pidfile=", "jkg", "--port", "0", "--state-db", "none",
+                             "--api", "notebook-http", "--seed-uri", str(notebook)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"notebook {notebook} names kernelspec 'nosuchkernel', which is not installed" in result.stderr
+
+
 # -- tenants ---------------------------------------------------------------------------------------
 def tenants_cli(*args):
     result = subprocess.run([sys.executable, "-m", "jkg.tenants", *args], capture_output=True, text=True,

@@ -52,6 +52,34 @@ def read_notebook(path: str, force_kernel_name: str = "") -> NotebookAPI:
     return parse_notebook(notebook, title, force_kernel_name, source=data)
 
 
+def declared_kernelspecs(seed_uri: str, folder: str) -> list[tuple[str, str]]:
+    """``(where, kernelspec name)`` each notebook's metadata asks for (blocking; for startup checks).
+
+    Unreadable notebooks are skipped here: loading them reports the problem.
+    """
+    from urllib.parse import urlsplit
+
+    if folder:
+        try:
+            paths = list(notebook_files(folder).values())
+        except OSError:
+            return []
+    else:
+        parts = urlsplit(seed_uri)
+        paths = [parts.path if parts.scheme == "file" else seed_uri]
+    named = []
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                metadata = json.loads(handle.read(MAX_NOTEBOOK_BYTES)).get("metadata") or {}
+            name = (metadata.get("kernelspec") or {}).get("name")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(name, str) and name:
+            named.append((f"notebook {path}", name))
+    return named
+
+
 def notebook_files(folder: str) -> dict[str, str]:
     """``/NAME`` -> path of every ``NAME.ipynb`` directly in ``folder`` (blocking)."""
     found = {}
@@ -163,7 +191,11 @@ class NotebookSet(Service):
 
     def startService(self):  # noqa: N802 - Twisted API
         super().startService()
-        for app in self.apps.values():
+        for prefix, app in sorted(self.apps.items()):
+            routes = ", ".join(f"{verb} {prefix}{endpoint.path}" for endpoint in app.api.endpoints
+                               for verb in endpoint.sources)
+            log.info("notebook-http: {title} at {prefix}: {routes}", title=app.api.title, prefix=prefix or "/",
+                     routes=routes)
             app.start()
         if self.reload_interval:
             self._watcher.start(self.reload_interval, now=False)
