@@ -9,6 +9,9 @@ the measured window).  Targets:
 
 - ``kg``: jupyter-kernel-gateway 3.0.1 as its users run it (``prespawn_count``
   unset: one kernel); ``kgN`` (``--kg-prespawn N``): the same with N kernels.
+- ``direct`` (1 client only): the same assignment and print executed
+  straight over ZeroMQ on a kernel -- the floor, to tell the machine's
+  jitter from the gateway's;
 - ``jkg``: ``--api notebook-http`` with a pool of ``--jkg-kernels`` (it
   starts with one and grows under load; the warm-up lets it grow).
 
@@ -30,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _client
 import _gateway
 import _proc
 
@@ -114,6 +118,39 @@ def measure(target, clients: int, seconds: float) -> dict:
             "errors": errors, "cpu_us": (cpu.seconds or 0) / max(1, count) * 1e6, "n": count}
 
 
+DIRECT_CODE = 'REQUEST = "{\\"body\\": \\"\\", \\"args\\": {}, \\"path\\": {}, \\"headers\\": {}}"\nprint("hello world")'
+
+
+def measure_direct(direct, seconds: float) -> dict:
+    """The floor at 1 client: the same execution straight over ZeroMQ to a kernel (no HTTP, no gateway)."""
+    kernel = direct.new_kernel()
+
+    async def loop():
+        client = await direct.connect(kernel, "v1")
+        try:
+            await _client.wait_ready(client)
+            for _ in range(30):
+                await _client.run(client, DIRECT_CODE)
+            latencies = []
+            stop = time.perf_counter() + seconds
+            while time.perf_counter() < stop:
+                started = time.perf_counter()
+                await _client.run(client, DIRECT_CODE)
+                latencies.append(time.perf_counter() - started)
+            return latencies
+        finally:
+            await client.close()
+
+    try:
+        started = time.perf_counter()
+        latencies = asyncio.run(loop())
+        elapsed = time.perf_counter() - started
+    finally:
+        direct.delete_kernel(kernel)
+    return {"rps": len(latencies) / elapsed, "p50": percentile(latencies, 0.5) * 1000,
+            "p99": percentile(latencies, 0.99) * 1000, "errors": 0, "cpu_us": 0.0, "n": len(latencies)}
+
+
 def make_targets(args, logdir: Path, notebook: Path) -> list:
     targets = [_gateway.jkg("jkg", _gateway.REPO, logdir, args=[
         "--api", "notebook-http", "--seed-uri", str(notebook), "--notebook-max-kernels", str(args.jkg_kernels)])]
@@ -149,6 +186,7 @@ def main() -> int:
     notebook.write_text(json.dumps(NOTEBOOK))
     _gateway.log(f"logs in {logdir}; load {_proc.loadavg()}")
     targets = make_targets(args, logdir, notebook)
+    direct = _gateway.Direct(logdir)
     try:
         for target in targets:
             target.start()
@@ -159,6 +197,8 @@ def main() -> int:
             for clients in levels:
                 for target in targets:
                     results.setdefault((target.name, clients), []).append(measure(target, clients, args.seconds))
+                if clients == 1:
+                    results.setdefault(("direct", 1), []).append(measure_direct(direct, args.seconds))
             _gateway.log(f"round {round_number} done; load {_proc.loadavg()}")
     finally:
         for target in targets:
@@ -175,6 +215,10 @@ def main() -> int:
     top = max(levels)
     ratio = medians[("jkg", top)]["rps"] / medians[("kg", top)]["rps"]
     jitter = medians[("jkg", 1)]["p99"] / medians[("jkg", 1)]["p50"]
+    if ("direct", 1) in medians:
+        floor = medians[("direct", 1)]["p99"] / medians[("direct", 1)]["p50"]
+        print(f"direct ZeroMQ floor p99 / p50 at 1 client (same load): {floor:.2f}; "
+              f"jkg p50 / direct p50: {medians[('jkg', 1)]['p50'] / medians[('direct', 1)]['p50']:.2f}")
     print(f"\njkg / kg throughput at {top} clients: {ratio:.1f}x (target >= 5x: {'met' if ratio >= 5 else 'NOT met'})")
     print(f"jkg p99 / p50 at 1 client: {jitter:.2f} (target <= 2: {'met' if jitter <= 2 else 'NOT met'})")
     return 0
