@@ -135,6 +135,14 @@ def _prefix(value: str) -> str:
     return "" if normalised == "/" else normalised.rstrip("/")
 
 
+def _file_mode(value: str) -> int:
+    """An octal permission mode such as ``0600`` or ``660``."""
+    mode = int(value.strip(), 8)
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"not a file mode: {value!r}")
+    return mode
+
+
 @dataclass(frozen=True)
 class Option:
     """One configurable setting, described once for the CLI, env and docs."""
@@ -277,6 +285,35 @@ OPTIONS: tuple[Option, ...] = (
            "line, for journald and log shippers).", ("JKG_LOG_FORMAT",)),
     Option("access_log", "", _text, "Write one line per HTTP request to this file (- for the gateway's log); "
            "tokens are never written.", ("JKG_ACCESS_LOG",)),
+    Option("max_body_size", str(1024 * 1024), _non_negative_int, "Largest HTTP request body in bytes; a larger "
+           "Content-Length or chunked body gets 413 before anything is read or authenticated.",
+           ("JKG_MAX_BODY_SIZE",)),
+    Option("header_timeout", "20", _positive_float, "Seconds a client may take to send a request's headers "
+           "(and an idle kept-alive connection may wait for its next request) before it is disconnected.",
+           ("JKG_HEADER_TIMEOUT",)),
+    Option("max_http_connections", "", _optional_limit, "Most HTTP and WebSocket connections open at once; "
+           "beyond it new connections get 503. Empty or 0 means half the descriptor limit.",
+           ("JKG_MAX_HTTP_CONNECTIONS",)),
+    Option("max_pending_per_address", "64", _non_negative_int, "Most connections from one client address that "
+           "are still sending request headers; beyond it new connections from that address get 503 "
+           "(0 means no limit).", ("JKG_MAX_PENDING_PER_ADDRESS",)),
+    Option("password_hash_threads", "2", _non_negative_int, "Threads checking HTTP Basic passwords (bcrypt), "
+           "apart from every other thread pool (0 means 1).", ("JKG_PASSWORD_HASH_THREADS",)),
+    Option("password_checks_per_address", "4", _non_negative_int, "HTTP Basic password checks one client "
+           "address may have in progress; more get 429 (0 means no limit).", ("JKG_PASSWORD_CHECKS_PER_ADDRESS",)),
+    Option("password_checks_per_tenant", "8", _non_negative_int, "HTTP Basic password checks for one tenant "
+           "name in progress at once; more get 429 (0 means no limit).", ("JKG_PASSWORD_CHECKS_PER_TENANT",)),
+    Option("allowed_hosts", "localhost", _csv, "Host names accepted in the Host header without credentials and "
+           "for the same-origin check (IP addresses are always accepted; * accepts any name).",
+           ("JKG_ALLOWED_HOSTS",)),
+    Option("unix_socket_mode", "0600", _file_mode, "Permissions of unix: listener sockets that do not set "
+           "mode= themselves (octal).", ("JKG_UNIX_SOCKET_MODE",)),
+    Option("max_sessions_per_tenant", "1000", _non_negative_int, "Sessions one tenant may have; more get 403 "
+           "(0 means no limit).", ("JKG_MAX_SESSIONS_PER_TENANT",)),
+    Option("log_max_files", "10", _non_negative_int, "Rotated twistd log files (--logfile) kept; older ones are "
+           "deleted (0 keeps all).", ("JKG_LOG_MAX_FILES",)),
+    Option("protocol_error_log_interval", "10", _positive_float, "Seconds over which malformed or badly signed "
+           "kernel messages are counted into one log line per kernel.", ("JKG_PROTOCOL_ERROR_LOG_INTERVAL",)),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
@@ -348,6 +385,18 @@ class GatewayConfig:
     log_level: str = "info"
     log_format: str = "text"
     access_log: str = ""
+    max_body_size: int = 1024 * 1024
+    header_timeout: float = 20.0
+    max_http_connections: int | None = None
+    max_pending_per_address: int = 64
+    password_hash_threads: int = 2
+    password_checks_per_address: int = 4
+    password_checks_per_tenant: int = 8
+    allowed_hosts: tuple[str, ...] = ("localhost",)
+    unix_socket_mode: int = 0o600
+    max_sessions_per_tenant: int = 1000
+    log_max_files: int = 10
+    protocol_error_log_interval: float = 10.0
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -357,6 +406,11 @@ class GatewayConfig:
         interface = self.ip.replace(":", "\\:")
         kind = "ssl" if self.certfile else "tcp"
         return (f"{kind}:{self.port}:interface={interface}",)
+
+    @property
+    def listen_endpoints(self) -> tuple[str, ...]:
+        """:attr:`endpoints` with ``mode=`` added to ``unix:`` ones that do not set it."""
+        return tuple(with_socket_mode(e, self.unix_socket_mode) for e in self.endpoints)
 
     @property
     def has_credentials(self) -> bool:
@@ -395,6 +449,21 @@ def is_loopback_endpoint(description: str) -> bool:
         return ipaddress.ip_address(interface).is_loopback
     except ValueError:
         return False
+
+
+def with_socket_mode(description: str, mode: int) -> str:
+    """A ``unix:`` endpoint string with ``mode=`` set, unless it sets one already.
+
+    Twisted creates UNIX sockets 0666 by default: any local user could
+    connect, which matters most when no credentials are configured.
+    """
+    kind, _, rest = description.partition(":")
+    if kind != "unix":
+        return description
+    keys = {item.partition("=")[0] for item in rest.replace("\\:", "\0").split(":")}
+    if "mode" in keys:
+        return description
+    return f"{description}:mode={mode:o}"
 
 
 def check_exposure(config: GatewayConfig, socket_is_loopback: Callable[[str], bool | None] = lambda d: None) -> None:

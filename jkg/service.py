@@ -166,8 +166,10 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     """Build every part of a gateway; nothing listens until the service starts."""
     # Imported here, not at module level: the web and kernel modules pull in
     # libraries that may import the global reactor, which the caller chooses first.
+    from .auth.hashing import PasswordHasher
     from .auth.lockout import FailureLimiter
     from .auth.realm import make_portal
+    from .auth.revocation import CLOSE_REVOKED, revoked
     from .auth.service import TenantsService
     from .kernels.channels import KernelChannels
     from .kernels.zmtp import make_factory
@@ -179,6 +181,7 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     from .web.api import GatewayAPI
     from .web.channels import ChannelsFactory
     from .web.http import CorsPolicy
+    from .web.guard import ConnectionGuard, connection_limit, raise_descriptor_limit
     from .web.site import GatewaySite, make_root_resource
 
     zmq_factory = make_factory(reactor)
@@ -201,30 +204,43 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
             ws_factory.connections.close_tenant(name, "tenant removed")
             registry.evict(name)
 
-    tenants = TenantsService(config.tenants, reactor, tenants_removed) if config.tenants else None
-    portal = make_portal(config.auth_token, tenants.current if tenants else (lambda: None))
+    def tenants_reloaded(table):
+        for protocols in list(ws_factory.connections.protocols.values()):
+            for protocol in list(protocols):
+                if revoked(getattr(protocol, "credential", None), protocol.tenant, table):
+                    protocol.sendClose(CLOSE_REVOKED, "credentials revoked")
+
+    tenants = (TenantsService(config.tenants, reactor, tenants_removed, tenants_reloaded)
+               if config.tenants else None)
+    hasher = PasswordHasher(reactor, config.password_hash_threads, config.password_checks_per_address,
+                            config.password_checks_per_tenant)
+    portal = make_portal(config.auth_token, tenants.current if tenants else (lambda: None), hasher=hasher)
     cors = CorsPolicy(config.allow_origin, config.allow_headers, config.allow_methods,
-                      config.allow_credentials, config.expose_headers, config.max_age)
+                      config.allow_credentials, config.expose_headers, config.max_age, config.allowed_hosts)
     limiter = FailureLimiter(reactor)
+    sessions = SessionStore(registry, config.max_sessions_per_tenant)
+    tenants_table = tenants.current if tenants else None
     notebooks = None
     if notebook_http:
         from .notebook_http.compose import make_notebook_http
 
         kernels_base = config.base_url + config.kernels_api_prefix.strip("/") + "/"
-        api = GatewayAPI(config.replace(base_url=kernels_base), registry, specs, SessionStore(registry), portal,
-                         ws_factory, cors, limiter)
+        api = GatewayAPI(config.replace(base_url=kernels_base), registry, specs, sessions, portal,
+                         ws_factory, cors, limiter, tenants=tenants_table)
         notebooks, resource = make_notebook_http(config, registry, portal, limiter, cors, reactor,
                                                  make_root_resource(api.resource(), cors, kernels_base)
                                                  if config.kernels_api_prefix else None)
     else:
-        api = GatewayAPI(config, registry, specs, SessionStore(registry), portal, ws_factory, cors, limiter)
+        api = GatewayAPI(config, registry, specs, sessions, portal, ws_factory, cors, limiter, tenants=tenants_table)
         resource = make_root_resource(api.resource(), cors, config.base_url)
     access_log = None
     if config.access_log:
         from .logs import AccessLog
 
         access_log = AccessLog(config.access_log, reactor)
-    site = GatewaySite(resource, access_log=access_log)
+    guard = ConnectionGuard(reactor, connection_limit(config.max_http_connections, raise_descriptor_limit()),
+                            config.max_pending_per_address, config.header_timeout, config.max_body_size)
+    site = GatewaySite(resource, guard, access_log=access_log, reactor=reactor)
 
     service = GatewayService()
     _ZmqService(zmq_factory).setServiceParent(service)
@@ -254,7 +270,7 @@ def make_gateway_service(config: GatewayConfig, reactor, listen: bool = True) ->
     from .startup import StartupReport
     from .systemd import ReadyNotifier
 
-    endpoints = [parse_endpoint(description, reactor, config) for description in config.endpoints] if listen else []
+    endpoints = [parse_endpoint(description, reactor, config) for description in config.listen_endpoints] if listen else []
     gateway = make_gateway(config, reactor)
     listeners = [_Listener(description, gateway.site, reactor, endpoint)
                  for description, endpoint in zip(config.endpoints, endpoints)]

@@ -5,6 +5,8 @@ kernel.  Sessions live in memory and refer to kernels in the registry; a
 session whose kernel is gone disappears from listings (instead of the 500s
 jupyter-kernel-gateway answers for GET and PATCH).  Starting a kernel here
 goes through the registry, so ``max_kernels`` and the env rules apply.
+Each tenant may hold at most ``max_per_tenant`` sessions, and a tenant's
+requests only walk that tenant's sessions.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import uuid
 
 from twisted.internet.defer import inlineCallbacks
 
-from .errors import BadRequest, UnknownKernel, UnknownSession
+from .errors import BadRequest, ResourceLimit, UnknownKernel, UnknownSession
 
 
 def _text_field(body: dict, key: str, default: str = "") -> str:
@@ -25,9 +27,22 @@ def _text_field(body: dict, key: str, default: str = "") -> str:
 
 
 class SessionStore:
-    def __init__(self, registry):
+    """:param max_per_tenant: sessions one tenant (owner) may have; 0 means no limit."""
+
+    def __init__(self, registry, max_per_tenant: int = 0):
         self._registry = registry
+        self.max_per_tenant = max_per_tenant
         self._sessions: dict[str, dict] = {}
+        self._by_owner: dict[str | None, set[str]] = {}
+
+    def _forget(self, session_id: str) -> dict:
+        session = self._sessions.pop(session_id)
+        owned = self._by_owner.get(session["owner"])
+        if owned is not None:
+            owned.discard(session_id)
+            if not owned:
+                del self._by_owner[session["owner"]]
+        return session
 
     def _model(self, session: dict, tenant=None) -> dict:
         """jupyter_server's session model; with ``owner`` (session and kernel) for tenants that see owners."""
@@ -47,11 +62,16 @@ class SessionStore:
 
     def _live(self, tenant=None) -> list[dict]:
         live = []
-        for session_id, session in list(self._sessions.items()):
+        if tenant is None or tenant.admin:
+            candidates = list(self._sessions)
+        else:
+            candidates = list(self._by_owner.get(tenant.name, ()))
+        for session_id in candidates:
+            session = self._sessions[session_id]
             try:
                 model = self._model(session, tenant)
             except UnknownKernel:
-                del self._sessions[session_id]
+                self._forget(session_id)
                 continue
             if tenant is None or tenant.may_use(session["owner"]):
                 live.append(model)
@@ -72,7 +92,7 @@ class SessionStore:
         try:
             return self._model(session, tenant)
         except UnknownKernel:
-            del self._sessions[session_id]
+            self._forget(session_id)
             raise UnknownSession(session_id) from None
 
     @staticmethod
@@ -116,12 +136,19 @@ class SessionStore:
         for session in self._live(tenant):
             if session["path"] == fields["path"] and fields["kernel"] is None:
                 return session, False  # jupyter_server returns the existing session
+        owner = tenant.name if tenant is not None else None
+        self._check_quota(owner)
         kernel_id = yield self._kernel_for(fields["kernel"], tenant)
         session_id = str(uuid.uuid4())
         self._sessions[session_id] = {"id": session_id, "path": fields["path"], "name": fields["name"],
-                                      "type": fields["type"], "kernel_id": kernel_id,
-                                      "owner": tenant.name if tenant is not None else None}
+                                      "type": fields["type"], "kernel_id": kernel_id, "owner": owner}
+        self._by_owner.setdefault(owner, set()).add(session_id)
         return self._model(self._sessions[session_id], tenant), True
+
+    def _check_quota(self, owner: str | None) -> None:
+        if self.max_per_tenant and len(self._by_owner.get(owner, ())) >= self.max_per_tenant:
+            raise ResourceLimit(f"tenant {owner or 'anonymous'} reached its limit of {self.max_per_tenant} "
+                                "sessions (--max-sessions-per-tenant)")
 
     @inlineCallbacks
     def update(self, session_id: str, body: dict, tenant=None):
@@ -145,7 +172,7 @@ class SessionStore:
     @inlineCallbacks
     def delete(self, session_id: str, tenant=None):
         session = self._session(session_id, tenant)
-        del self._sessions[session_id]
+        self._forget(session_id)
         if not any(s["kernel_id"] == session["kernel_id"] for s in self._sessions.values()):
             try:
                 yield self._registry.shutdown(session["kernel_id"])

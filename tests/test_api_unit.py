@@ -49,7 +49,7 @@ def result(deferred):
 
 
 def request(client, method, url, **kwargs):
-    response = result(client.request(method, "http://gw" + url, **kwargs))
+    response = result(client.request(method, "http://localhost" + url, **kwargs))
     response.content = result(response.content())
     return response
 

@@ -206,6 +206,7 @@ def test_listen_on_unix_socket(tmp_path):
         response = connection.getresponse()
         assert response.status == 200
         assert "python3" in json.loads(response.read())["kernelspecs"]
+        assert path.stat().st_mode & 0o777 == 0o600  # --unix-socket-mode: not every local user's to use
     finally:
         process.terminate()
         process.wait(30)

@@ -13,10 +13,10 @@ from twisted.cred.checkers import ANONYMOUS, ICredentialsChecker
 from twisted.cred.credentials import IAnonymous, IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import fail, succeed
-from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
 from .credentials import ITokenCredentials
+from .hashing import MAX_PASSWORD_BYTES, PasswordHasher, bcrypt_cost
 from .tenants import TenantTable
 
 DEFAULT_TENANT = "default"
@@ -30,12 +30,6 @@ def _same(offered: str | bytes, expected: str | bytes) -> bool:
     return hmac.compare_digest(offered, expected)
 
 
-def _check_bcrypt(password: bytes, stored: str) -> bool:
-    import bcrypt  # imported lazily: only tenants with passwords need it
-
-    return bcrypt.checkpw(password, stored.removeprefix("bcrypt:").encode("ascii"))
-
-
 @implementer(ICredentialsChecker)
 class GatewayChecker:
     """Tokens (``Authorization: token|Bearer``, ``?token=``) and HTTP Basic.
@@ -44,19 +38,27 @@ class GatewayChecker:
         as the admin tenant ``default``; empty for none.
     :param tenants: returns the tenant table in force (it changes on SIGHUP),
         or ``None`` without a tenants file.
+    :param hasher: runs the bcrypt checks (its own bounded thread pool).
     """
 
     credentialInterfaces = (ITokenCredentials, IUsernamePassword)
 
-    def __init__(self, shared_token: str, tenants: Callable[[], TenantTable | None]):
+    def __init__(self, shared_token: str, tenants: Callable[[], TenantTable | None],
+                 hasher: PasswordHasher | None = None):
         self._shared_token = shared_token
         self._tenants = tenants
+        if hasher is None:
+            from twisted.internet import reactor  # the one already installed: called after startup
+
+            hasher = PasswordHasher(reactor)
+        self._hasher = hasher
 
     def requestAvatarId(self, credentials):  # noqa: N802 - twisted.cred API
         table = self._tenants()
         if ITokenCredentials.providedBy(credentials):
             return self._check_token(credentials.token, table)
-        return self._check_password(credentials.username, credentials.password, table)
+        return self._check_password(credentials.username, credentials.password, table,
+                                    getattr(credentials, "address", ""))
 
     def _check_token(self, token: str, table: TenantTable | None):
         if self._shared_token and _same(token, self._shared_token):
@@ -66,20 +68,28 @@ class GatewayChecker:
             return succeed(record.name)
         return fail(UnauthorizedLogin("invalid token"))
 
-    def _check_password(self, username: bytes, password: bytes, table: TenantTable | None):
-        name = username.decode("utf-8", "replace")
-        record = table.get(name) if table is not None else None
-        if record is not None and record.password:
-            def verdict(ok: bool):
-                if ok:
-                    return name
-                raise UnauthorizedLogin("invalid password")
-
-            return deferToThread(_check_bcrypt, password, record.password).addCallback(verdict)
+    def _check_password(self, username: bytes, password: bytes, table: TenantTable | None, address: str):
         # jupyter_server's http_user/http_pwd can carry the shared token as the password
         if self._shared_token and _same(password, self._shared_token):
             return succeed(DEFAULT_TENANT)
-        return fail(UnauthorizedLogin("invalid credentials"))
+        if len(password) > MAX_PASSWORD_BYTES:  # bcrypt would ignore the rest (or refuse it)
+            return fail(UnauthorizedLogin("password too long"))
+        if table is None:
+            return fail(UnauthorizedLogin("invalid credentials"))
+        name = username.decode("utf-8", "replace")
+        record = table.get(name)
+        stored = record.password if record is not None else None
+        cost = bcrypt_cost(stored or next((r.password for r in table.tenants.values() if r.password), ""))
+
+        def verdict(ok: bool):
+            if ok:
+                return name
+            raise UnauthorizedLogin("invalid password")
+
+        try:  # unknown names cost a dummy check, so timing does not reveal which names exist
+            return self._hasher.check(password, stored, address, name, cost).addCallback(verdict)
+        except Exception as refused:  # noqa: BLE001 - TooManyRequests travels through the portal's Deferred
+            return fail(refused)
 
 
 @implementer(ICredentialsChecker)

@@ -27,7 +27,19 @@ class TokenCredentials:
         return "<TokenCredentials>"
 
 
-def credentials_from_request(authorization: bytes | None, query_token: bytes | None) -> ICredentials:
+class AddressedPassword(UsernamePassword):
+    """HTTP Basic credentials with the client address, for per-address limits on checking them."""
+
+    def __init__(self, username: bytes, password: bytes, address: str = ""):
+        super().__init__(username, password)
+        self.address = address
+
+    def __repr__(self) -> str:  # never show the secret in logs
+        return "<AddressedPassword>"
+
+
+def credentials_from_request(authorization: bytes | None, query_token: bytes | None,
+                             address: str = "") -> ICredentials:
     """Credentials from the ``Authorization`` header and the ``token`` query argument.
 
     An empty ``Authorization: token `` (what jupyter_server's gateway client
@@ -43,7 +55,7 @@ def credentials_from_request(authorization: bytes | None, query_token: bytes | N
                 user, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 return Anonymous()
-            return UsernamePassword(user.encode("utf-8"), password.encode("utf-8"))
+            return AddressedPassword(user.encode("utf-8"), password.encode("utf-8"), address)
     if query_token:
         return TokenCredentials(query_token.decode("utf-8", "replace"))
     return Anonymous()

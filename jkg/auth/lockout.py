@@ -8,7 +8,9 @@ class FailureLimiter:
     """More than ``limit`` failures from one address within ``window`` seconds locks it out.
 
     Only that address is refused (429 with ``Retry-After``) until its oldest
-    failure leaves the window; everyone else is unaffected.  Memory is
+    failure leaves the window; everyone else is unaffected.  Attempts still
+    being checked count as failures-to-be, so a burst of concurrent guesses
+    is refused beyond ``limit`` instead of all being checked.  Memory is
     bounded: the least recently failing addresses are forgotten first.
     """
 
@@ -18,6 +20,23 @@ class FailureLimiter:
         self.window = window
         self._max_addresses = max_addresses
         self._failures: OrderedDict[str, deque] = OrderedDict()
+        self._in_flight: dict[str, int] = {}
+
+    def attempting(self, address: str):
+        """Count one login attempt from ``address`` as in progress; call the result when it is decided."""
+        self._in_flight[address] = self._in_flight.get(address, 0) + 1
+        done = []
+
+        def finished() -> None:
+            if not done:
+                done.append(True)
+                left = self._in_flight[address] - 1
+                if left:
+                    self._in_flight[address] = left
+                else:
+                    del self._in_flight[address]
+
+        return finished
 
     def _recent(self, address: str) -> deque | None:
         failures = self._failures.get(address)
@@ -34,8 +53,11 @@ class FailureLimiter:
     def retry_after(self, address: str) -> int:
         """Seconds until ``address`` may try again; 0 when it is not locked out."""
         failures = self._recent(address)
-        if failures is None or len(failures) <= self.limit:
+        in_flight = self._in_flight.get(address, 0)
+        if (len(failures) if failures else 0) + in_flight <= self.limit:
             return 0
+        if failures is None or len(failures) <= self.limit:
+            return 1  # the attempts in progress decide: try again in a moment
         return max(1, int(failures[-self.limit - 1] + self.window - self._clock.seconds()) + 1)
 
     def failed(self, address: str) -> None:

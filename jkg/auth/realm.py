@@ -81,9 +81,9 @@ class GatewayRealm:
 
 
 def make_portal(auth_token: str, tenants: Callable[[], TenantTable | None] = lambda: None,
-                open_access: bool | None = None) -> Portal:
+                open_access: bool | None = None, hasher=None) -> Portal:
     """The gateway's portal: open when no credential of any kind is configured."""
     if open_access is None:
         open_access = not auth_token and tenants() is None
-    checker = OpenChecker() if open_access else GatewayChecker(auth_token, tenants)
+    checker = OpenChecker() if open_access else GatewayChecker(auth_token, tenants, hasher)
     return Portal(GatewayRealm(tenants), [checker])

@@ -17,7 +17,8 @@ class TenantsService(Service):
     """Holds the current :class:`TenantTable`; SIGHUP re-reads the file.
 
     New tenants and rotated tokens work as soon as the new table is in
-    place; changed quotas apply to later requests.  Tenants missing from the
+    place; changed quotas apply to later requests; ``on_reloaded`` gets the
+    new table (to close WebSockets opened with revoked credentials).  Tenants missing from the
     new file are handed to ``on_removed`` (which closes their connections and
     shuts their kernels down).  A file that does not parse is rejected with a
     log line and the old table stays in force.
@@ -28,10 +29,12 @@ class TenantsService(Service):
 
     name = "tenants"
 
-    def __init__(self, path: str, reactor, on_removed: Callable[[set], None] = lambda names: None):
+    def __init__(self, path: str, reactor, on_removed: Callable[[set], None] = lambda names: None,
+                 on_reloaded: Callable[[TenantTable], None] = lambda table: None):
         self.path = path
         self.table: TenantTable = read_tenants(path)
         self.on_removed = on_removed
+        self.on_reloaded = on_reloaded
         self._reactor = reactor
         self._previous_handler = None
 
@@ -46,6 +49,7 @@ class TenantsService(Service):
                      n=len(table.tenants), removed=sorted(removed) or "none")
             if removed:
                 self.on_removed(removed)
+            self.on_reloaded(table)
             return table
 
         def rejected(failure):

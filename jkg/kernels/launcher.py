@@ -74,6 +74,8 @@ class KernelSpecs:
         """
 
         def read():
+            if "\0" in path:  # os.path would raise ValueError: embedded null byte
+                raise NotFound(f"no resource {path!r} for kernel {name}")
             folder = os.path.realpath(self._spec(name).resource_dir)
             target = os.path.realpath(os.path.join(folder, path))
             if os.path.commonpath([folder, target]) != folder or not os.path.isfile(target):

@@ -23,6 +23,7 @@ from ..kernels.messages import isoformat
 from .channels import ChannelsUpgrade, negotiate_subprotocol
 from .http import query_arg, read_json_body, write_error, write_json
 from .login import login, peer
+from ..auth.revocation import credential_key
 
 log = Logger()
 audit = Logger(namespace="jkg.audit")
@@ -53,7 +54,7 @@ class GatewayAPI:
 
     app = Klein()
 
-    def __init__(self, config, registry, specs, sessions, portal, ws_factory, cors, limiter):
+    def __init__(self, config, registry, specs, sessions, portal, ws_factory, cors, limiter, tenants=None):
         self.config = config
         self.registry = registry
         self.specs = specs
@@ -62,6 +63,7 @@ class GatewayAPI:
         self.ws_factory = ws_factory
         self.cors = cors
         self.limiter = limiter
+        self.tenants = tenants or (lambda: None)
 
     def resource(self):
         return self.app.resource()
@@ -69,7 +71,8 @@ class GatewayAPI:
     # -- cross-cutting ---------------------------------------------------------
     async def _login(self, request):
         """Authenticate through the portal; the routes only ever see the tenant."""
-        return await login(request, self.portal, self.limiter, self.cors)
+        hosts = None if self.config.has_credentials else self.config.allowed_hosts
+        return await login(request, self.portal, self.limiter, self.cors, hosts)
 
     def _model(self, kernel, tenant) -> dict:
         model = kernel.model()
@@ -100,11 +103,17 @@ class GatewayAPI:
     @app.route("/api/status", methods=["GET"], strict_slashes=False)
     async def status(self, request):
         tenant = await self._login(request)
+        kernels = self.registry.list_kernels(tenant)
+        if tenant.admin:
+            last_activity, connections = self.registry.last_activity(), self.registry.connection_count()
+        else:  # another tenant's activity is none of this tenant's business
+            last_activity = max((k.last_activity for k in kernels), default=self.registry.started)
+            connections = self.ws_factory.connections.open.get(tenant.name, 0)
         return write_json(request, {
             "started": isoformat(self.registry.started),
-            "last_activity": isoformat(self.registry.last_activity()),
-            "connections": self.registry.connection_count(),
-            "kernels": len(self.registry.list_kernels(tenant)),
+            "last_activity": isoformat(last_activity),
+            "connections": connections,
+            "kernels": len(kernels),
         })
 
     # -- kernelspecs ---------------------------------------------------------------
@@ -219,7 +228,8 @@ class GatewayAPI:
             audit.info("quota refused: tenant={tenant} address={address} reason={reason}", tenant=tenant.name,
                        address=_peer(request), reason=refusal.message)
             raise
-        return ChannelsUpgrade(self.ws_factory, kernel_id, session_id, tenant.name, release)
+        credential = credential_key(getattr(request, "jkg_credentials", None), tenant.name, self.tenants())
+        return ChannelsUpgrade(self.ws_factory, kernel_id, session_id, tenant.name, release, credential)
 
     # -- sessions -----------------------------------------------------------------
     @app.route("/api/sessions", methods=["GET"], strict_slashes=False)

@@ -92,6 +92,8 @@ class ChannelsProtocol(WebSocketServerProtocol):
         self.session_id = session_id
         self.tenant = tenant
         self.release = release
+        #: what the client logged in with (jkg.auth.revocation), set by ChannelsUpgrade
+        self.credential = None
         self.wire_format = LEGACY
         self._encode = encode_legacy_frame
         #: the attached kernel (an :class:`~jkg.interfaces.IAttachedKernel`), None when not attached
@@ -384,11 +386,15 @@ class ChannelsFactory(WebSocketServerFactory):
 class _OneConnection:
     """What :class:`ChannelsUpgrade` hands autobahn: builds the protocol for one request."""
 
-    def __init__(self, factory: ChannelsFactory, kernel_id: str, session_id: str, tenant: str, release):
+    def __init__(self, factory: ChannelsFactory, kernel_id: str, session_id: str, tenant: str, release,
+                 credential=None):
         self._build = lambda: factory.build(kernel_id, session_id, tenant, release)
+        self._credential = credential
 
     def buildProtocol(self, addr):  # noqa: N802 - Twisted API
-        return self._build()
+        protocol = self._build()
+        protocol.credential = self._credential  # for jkg.auth.revocation on the next reload
+        return protocol
 
 
 class ChannelsUpgrade(WebSocketResource):
@@ -396,8 +402,9 @@ class ChannelsUpgrade(WebSocketResource):
 
     :param release: gives back the connection place reserved for the tenant;
         called when the connection is lost.
+    :param credential: what the client logged in with (see :mod:`jkg.auth.revocation`).
     """
 
     def __init__(self, factory: ChannelsFactory, kernel_id: str, session_id: str, tenant: str = "",
-                 release=lambda: None):
-        super().__init__(_OneConnection(factory, kernel_id, session_id, tenant, release))
+                 release=lambda: None, credential=None):
+        super().__init__(_OneConnection(factory, kernel_id, session_id, tenant, release, credential))

@@ -7,6 +7,7 @@ turns every 404 into an opaque network error in a browser), and a preflight
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,7 @@ def read_json_body(request) -> dict:
         return {}
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
         raise BadRequest("Invalid JSON in body of request") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
@@ -51,6 +52,28 @@ def read_json_body(request) -> dict:
 def query_arg(request, name: bytes) -> bytes | None:
     values = (request.args or {}).get(name)
     return values[0] if values else None
+
+
+def host_allowed(host_header: bytes | None, allowed: tuple[str, ...]) -> bool:
+    """Whether a ``Host`` header names this server, as jupyter_server's ``local_hostnames`` rule decides.
+
+    A DNS-rebinding page reaches a loopback gateway under the attacker's own
+    host name, so only names in ``allowed`` pass; IP addresses always pass
+    (rebinding needs a name), and so does a request without ``Host``
+    (HTTP/1.0 scripts; browsers always send one).
+    """
+    if "*" in allowed or not host_header:
+        return True
+    host = host_header.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return host.rstrip(".") in allowed
 
 
 @dataclass(frozen=True)
@@ -63,6 +86,7 @@ class CorsPolicy:
     allow_credentials: str = ""
     expose_headers: str = ""
     max_age: str = ""
+    allowed_hosts: tuple[str, ...] = ("localhost",)
 
     def apply(self, request, preflight: bool = False) -> None:
         if self.allow_origin:
@@ -104,7 +128,8 @@ class CorsPolicy:
         origin_text = origin.decode("latin-1")
         if origin_text in [o.strip() for o in self.allow_origin.split(",") if o.strip()]:
             return
-        host = (request.getHeader(b"host") or b"").decode("latin-1").lower()
-        if urlsplit(origin_text).netloc.lower() == host:
+        host = request.getHeader(b"host") or b""
+        if urlsplit(origin_text).netloc.lower() == host.decode("latin-1").lower() and \
+                host_allowed(host, self.allowed_hosts):
             return
         raise Forbidden(f"cross-origin request from {origin_text} is not allowed")

@@ -12,8 +12,8 @@ from twisted.logger import Logger
 
 from ..auth.credentials import credentials_from_request
 from ..auth.realm import ITenant
-from ..errors import TooManyRequests, Unauthorized
-from .http import query_arg
+from ..errors import Forbidden, TooManyRequests, Unauthorized
+from .http import host_allowed, query_arg
 
 audit = Logger(namespace="jkg.audit")
 
@@ -23,14 +23,25 @@ def peer(request) -> str:
     return getattr(address, "host", str(address))
 
 
-async def login(request, portal, limiter, cors):
-    """The request's tenant, or raise :class:`Unauthorized` / :class:`TooManyRequests` / ``Forbidden``."""
+async def login(request, portal, limiter, cors, hosts: tuple[str, ...] | None = None):
+    """The request's tenant, or raise :class:`Unauthorized` / :class:`TooManyRequests` / ``Forbidden``.
+
+    :param hosts: without credentials configured, the ``--allowed-hosts``
+        the ``Host`` header must name (DNS rebinding); ``None`` with credentials.
+
+    The credentials used are kept on the request (``jkg_credentials``), so
+    that a WebSocket can be closed when a reload revokes them.
+    """
     cors.check_origin(request)
+    if hosts is not None and not host_allowed(request.getHeader(b"host"), hosts):
+        raise Forbidden("Host header not allowed without credentials (--allowed-hosts)")
     address = peer(request)
     retry_after = limiter.retry_after(address)
     if retry_after:
         raise TooManyRequests("too many failed logins from this address; try again later", retry_after)
-    credentials = credentials_from_request(request.getHeader(b"authorization"), query_arg(request, b"token"))
+    credentials = credentials_from_request(request.getHeader(b"authorization"), query_arg(request, b"token"),
+                                           address)
+    finished = limiter.attempting(address)  # attempts in progress count toward the lockout
     try:
         _, tenant, _ = await portal.login(credentials, None, ITenant)
     except (UnauthorizedLogin, UnhandledCredentials):
@@ -38,4 +49,7 @@ async def login(request, portal, limiter, cors):
         audit.info("login failed: address={address} path={path}", address=address,
                    path=request.path.decode("utf-8", "replace"))
         raise Unauthorized("invalid or missing credentials") from None
+    finally:
+        finished()
+    request.jkg_credentials = credentials
     return tenant

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from .guard import GuardedChannel, GuardedRequest
 from .http import CorsPolicy
 
 log = Logger()
@@ -86,21 +87,34 @@ def _set_no_delay(transport) -> None:
 
 
 class GatewaySite(Site):
-    """A Site that turns Nagle's algorithm off and logs requests only to ``--access-log``, without tokens."""
+    """A Site that turns Nagle's algorithm off, logs requests only to ``--access-log`` (without
+    tokens), and (with a :class:`jkg.web.guard.ConnectionGuard`) bounds connections, header
+    time and body size."""
 
     noisy = False  # no "Starting factory <GatewaySite object at 0x...>" lines
+    protocol = GuardedChannel
+    requestFactory = GuardedRequest
 
-    def __init__(self, resource, access_log=None, **kwargs):
-        super().__init__(resource, **kwargs)
+    def __init__(self, resource, guard=None, access_log=None, **kwargs):
+        super().__init__(resource, requestFactory=GuardedRequest, **kwargs)
+        self.guard = guard
         self.access_log = access_log
 
     def buildProtocol(self, addr):  # noqa: N802 - Twisted API
+        guard = self.guard
+        address = getattr(addr, "host", "local")
+        if guard is not None:
+            refused = guard.admit(address)
+            if refused is not None:
+                return refused
         protocol = super().buildProtocol(addr)
         make_connection = protocol.makeConnection
 
         def make_connection_without_delay(transport):
             _set_no_delay(transport)
             make_connection(transport)
+            if guard is not None:
+                guard.watch(protocol, address)
 
         protocol.makeConnection = make_connection_without_delay
         return protocol
