@@ -63,7 +63,7 @@ def get(url: str, **kwargs) -> requests.Response:
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("notebooks")
     write_notebook(root / "features.ipynb", *FEATURES)
-    write_notebook(root / "other.ipynb", "# GET /version\nprint('one')")
+    write_notebook(root / "other.ipynb", "# GET /version\nprint('one')", "# GET /pid\nimport os\nprint(os.getpid())")
     return root
 
 
@@ -135,11 +135,17 @@ def test_display_data_image_is_the_body(gateway):
 
 def test_folder_notebooks_reload_on_change(gateway, folder):
     assert get(gateway.url + "/other/version").text == "one\n"
-    write_notebook(folder / "other.ipynb", "# GET /version\nprint('two')")
+    old_pid = int(get(gateway.url + "/other/pid").text)
+    write_notebook(folder / "other.ipynb", "# GET /version\nprint('two')", "# GET /pid\nimport os\nprint(os.getpid())")
     wait_for(lambda: get(gateway.url + "/other/version").text == "two\n", timeout=60)
+    assert int(get(gateway.url + "/other/pid").text) != old_pid
+    wait_for(lambda: not pid_alive(old_pid), timeout=30)  # the old version's kernel was drained
     write_notebook(folder / "other.ipynb", "# GET version-without-slash\nprint('three')")
     time.sleep(2)
     assert get(gateway.url + "/other/version").text == "two\n", "a bad edit keeps the good version"
+    write_notebook(folder / "other.ipynb", "raise RuntimeError('broken setup')", "# GET /version\nprint('four')")
+    time.sleep(4)
+    assert get(gateway.url + "/other/version").text == "two\n", "a failing setup cell keeps the good version"
     write_notebook(folder / "added.ipynb", "# GET /hi\nprint('added')")
     wait_for(lambda: get(gateway.url + "/added/hi").text == "added\n", timeout=60)
     (folder / "added.ipynb").unlink()

@@ -130,6 +130,8 @@ def test_response_info():
     base = build_response(output(("stream", {"name": "stdout", "text": "{}"})))
     applied = apply_response_info(base, '{"status": 201, "headers": {"content-type": "application/json", "X-N": 3}}')
     assert applied.status == 201 and applied.headers == {"content-type": "application/json", "X-N": "3"}
+    framing = apply_response_info(base, '{"headers": {"Content-Length": "1", "Transfer-Encoding": "chunked"}}')
+    assert framing.headers == {"Content-Type": "text/plain"}, "the gateway frames the response itself"
     for bad in ("nothing", '{"status": "201"}', '{"status": 99}', '{"headers": {"X": "a\\r\\nb"}}',
                 '{"headers": {"bad name": "v"}}', "[1]"):
         with pytest.raises(ResponseInfoError):
@@ -264,3 +266,17 @@ def test_a_hung_kernel_is_replaced_even_above_the_minimum():
     spawner.finish_all()
     pool.discard(held[0][0], replace=True)
     assert spawner.retired == [held[0][0]] and pool.starting == 1
+
+
+def test_when_ready_fires_with_the_first_kernel_or_fails_with_the_launch():
+    pool, clock, spawner = make_pool(min_size=1, max_size=2)
+    pool.start()
+    ready = results(pool.when_ready())
+    assert not ready
+    spawner.finish_all()
+    assert ready == [None]
+    broken, _, broken_spawner = make_pool(min_size=1, max_size=1)
+    broken.start()
+    failed = results(broken.when_ready())
+    broken_spawner.pending.pop().errback(RuntimeError("seed cell 1 failed"))
+    assert "seed cell 1 failed" in str(failed[0].value)

@@ -171,9 +171,20 @@ class NotebookSet(Service):
                 log.error("notebook-http: not reloading {path}: {error}", path=path, error=error)
                 continue
             app = self._make_app(api, prefix)
+            old = self.apps.get(prefix)
             if self.running:
                 app.start()
-            old = self.apps.get(prefix)
+                if old is not None:
+                    # the old version serves until the new one has a kernel; a broken seed keeps it
+                    try:
+                        yield app.pool.when_ready()
+                    except Exception as error:  # noqa: BLE001 - any launch or seed failure
+                        log.error("notebook-http: not reloading {path}: {error}", path=path, error=error)
+                        app.drain()
+                        continue
+                    if not self.running or self.apps.get(prefix) is not old:
+                        app.drain()
+                        continue
             self.apps[prefix] = app
             log.info("notebook-http: {what} {path} at {prefix}", what="reloaded" if old else "serving",
                      path=path, prefix=prefix or "/")

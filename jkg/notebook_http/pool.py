@@ -82,6 +82,8 @@ class KernelPool:
         self._idle_since: dict = {}
         self._retiring: list[Deferred] = []
         self._drained: Deferred | None = None
+        self._first: list[Deferred] = []  # waiting for the first kernel to be ready (or to fail)
+        self.ready_once = False
 
     @property
     def size(self) -> int:
@@ -90,6 +92,22 @@ class KernelPool:
     def start(self) -> None:
         """Start the minimum number of kernels."""
         self._grow()
+
+    def when_ready(self) -> Deferred:
+        """Fires once a first kernel is ready; fails if starting kernels fails while none runs."""
+        if self.ready_once:
+            return succeed(None)
+        d = Deferred()
+        self._first.append(d)
+        return d
+
+    def _tell_first(self, error: Exception | None) -> None:
+        first, self._first = self._first, []
+        for d in first:
+            if error is None:
+                d.callback(None)
+            else:
+                d.errback(error)
 
     # -- lending -----------------------------------------------------------------
     def acquire(self, tenant=None, limit: int | None = None) -> Deferred:
@@ -211,6 +229,9 @@ class KernelPool:
             return
         self.idle.append(runner)
         self._idle_since[runner] = self._clock.seconds()
+        if not self.ready_once:
+            self.ready_once = True
+            self._tell_first(None)
         self._dispatch()
 
     def _failed(self, failure) -> None:
@@ -221,6 +242,7 @@ class KernelPool:
         self.last_error = error
         log.error("{pool}: could not start a kernel: {error}", pool=self.name, error=error)
         if self.size == 0:  # nothing will ever serve the queue: tell the waiters now
+            self._tell_first(error)
             waiters, self.waiters = list(self.waiters), deque()
             for waiter in waiters:
                 if waiter.timer is not None and waiter.timer.active():

@@ -24,6 +24,9 @@ RICH_ORDER = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp",
               "image/svg+xml", "text/html", "application/json", "text/markdown", "text/latex")
 MAX_OUTPUT = 64 * 1024 * 1024
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+#: framing headers the gateway owns; a ResponseInfo cell setting them is ignored for them
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
+                      "trailer"})
 
 
 class ResponseInfoError(ValueError):
@@ -53,6 +56,7 @@ class CellOutput:
                 self._grow(len(content["text"]))
                 self.stdout.append(content["text"])
         elif msg_type == "execute_result" and isinstance(content.get("data"), dict):
+            self._grow(sum(len(v) for v in content["data"].values() if isinstance(v, str)))
             self.result = content["data"]
         elif msg_type == "display_data" and isinstance(content.get("data"), dict):
             self._grow(sum(len(v) for v in content["data"].values() if isinstance(v, str)))
@@ -155,8 +159,10 @@ def apply_response_info(response: Response, printed: str) -> Response:
             raise ResponseInfoError(f"ResponseInfo header name {name!r} is not valid")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)
-        if not isinstance(value, str) or "\r" in value or "\n" in value:
+        if not isinstance(value, str) or "\r" in value or "\n" in value or "\0" in value:
             raise ResponseInfoError(f"ResponseInfo header {name} must be a one-line string")
+        if name.lower() in _FRAMING:
+            continue
         for existing in [key for key in merged if key.lower() == name.lower()]:
             del merged[existing]
         merged[name] = value
