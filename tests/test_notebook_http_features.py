@@ -152,6 +152,12 @@ def test_folder_notebooks_reload_on_change(gateway, folder):
     wait_for(lambda: get(gateway.url + "/added/hi").status_code == 404, timeout=60)
 
 
+def test_anonymous_endpoints_refuse_foreign_host_headers(gateway):
+    # without credentials, a DNS-rebinding page must not reach the endpoints (same rule as the kernels API)
+    assert get(gateway.url + "/features/pid", headers={"Host": "attacker.example"}).status_code == 403
+    assert get(gateway.url + "/features/pid", headers={"Host": "localhost"}).status_code == 200
+
+
 def test_kernels_api_beside_the_endpoints(gateway):
     kernels = get(gateway.url + "/kernels/api/kernels")
     assert kernels.status_code == 200 and isinstance(kernels.json(), list) and kernels.json()

@@ -51,7 +51,7 @@ class NotebookResource(resource.Resource):
     isLeaf = True
 
     def __init__(self, apps, portal, limiter, cors, base_url: str = "/", static_path: str = "",
-                 allow_download: bool = False):
+                 allow_download: bool = False, hosts: tuple[str, ...] | None = None):
         super().__init__()
         self._apps = apps
         self._portal = portal
@@ -60,6 +60,7 @@ class NotebookResource(resource.Resource):
         self._base = base_url.encode("utf-8")
         self._static = _StaticFiles(static_path) if static_path else None
         self._allow_download = allow_download
+        self._hosts = hosts  # the Host allow-list while serving without credentials (DNS rebinding)
 
     def render(self, request):
         raw = request.path
@@ -89,7 +90,7 @@ class NotebookResource(resource.Resource):
         return None, relative
 
     async def _serve(self, request, relative: str):
-        tenant = await login(request, self._portal, self._limiter, self._cors)
+        tenant = await login(request, self._portal, self._limiter, self._cors, self._hosts)
         app, sub = self._find(relative)
         if app is None:
             raise NotFound(f"no notebook is served at {relative}")
