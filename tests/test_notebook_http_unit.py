@@ -280,3 +280,91 @@ def test_when_ready_fires_with_the_first_kernel_or_fails_with_the_launch():
     failed = results(broken.when_ready())
     broken_spawner.pending.pop().errback(RuntimeError("seed cell 1 failed"))
     assert "seed cell 1 failed" in str(failed[0].value)
+
+
+# -- a request's journey on fakes (no kernel, no sockets): app + pool + runner ----------------------
+from jkg.kernels.messages import KernelMessage, make_message_parts  # noqa: E402
+from jkg.notebook_http.app import GatewayTimeout, HttpRequest, NotebookApp, PoolSettings  # noqa: E402
+from jkg.testing import FakeRegistry  # noqa: E402
+
+
+class _Attached:
+    """The IAttachedKernel a runner holds: records execute requests."""
+
+    def __init__(self, registry, kernel):
+        self.registry, self.kernel = registry, kernel
+
+    def send(self, client, message):
+        code = json.loads(message.parts[3])["code"]
+        self.registry.requests.append((self.kernel.id, client, message.header["msg_id"], code))
+
+    def detach(self, client):
+        self.kernel.detach(client)
+
+
+class ScriptedRegistry(FakeRegistry):
+    """FakeRegistry whose kernels receive execute requests and can be made to answer."""
+
+    def __init__(self):
+        super().__init__()
+        self.requests: list = []  # (kernel_id, client, msg_id, code)
+
+    def attach(self, kernel_id, client):
+        return _Attached(self, super().attach(kernel_id, client))
+
+    def answer(self, index=-1, stdout="ok\n"):
+        _, client, msg_id, _ = self.requests[index]
+        for msg_type, content in (("stream", {"name": "stdout", "text": stdout}),
+                                  ("status", {"execution_state": "idle"})):
+            parts = make_message_parts(msg_type, content, "kernel", {"msg_id": msg_id})
+            message = KernelMessage("iopub", b"", parts, "m", msg_type, msg_id)
+            if msg_type == "status":
+                message.execution_state = "idle"
+            client.deliver(message)
+
+
+def journey(**settings):
+    registry, clock = ScriptedRegistry(), Clock()
+    api = parse_notebook(notebook("import json", "# GET /x/:id\nprint(json.loads(REQUEST)['path']['id'])"), "nb")
+    app = NotebookApp(api, registry, clock, PoolSettings(**settings))
+    app.start()
+    endpoint, params = api.route("/x/7")
+    request = HttpRequest("GET", b"", [("host", "h")], b"", None)
+    return registry, clock, app, lambda: results(app.handle(endpoint, params, request))
+
+
+def test_request_runs_seed_then_one_combined_execute():
+    registry, clock, app, call = journey()
+    assert registry.requests[0][3] == "import json"  # the seed cell, before the kernel serves
+    registry.answer(0, "")
+    response = call()
+    code = registry.requests[-1][3]
+    assert code.startswith("REQUEST = ") and code.endswith("# GET /x/:id\nprint(json.loads(REQUEST)['path']['id'])\n")
+    registry.answer(-1, "7\n")
+    assert response[0].status == 200 and response[0].body == b"7\n"
+    assert len(app.pool.idle) == 1
+
+
+def test_overrun_is_504_then_interrupt_then_replacement():
+    registry, clock, app, call = journey(request_timeout=5, interrupt_grace=2)
+    registry.answer(0, "")
+    first_kernel = registry.requests[0][0]
+    response = call()
+    clock.advance(5)
+    assert isinstance(response[0].value, GatewayTimeout) and response[0].value.status == 504
+    assert registry.interrupted == [first_kernel]
+    clock.advance(2)  # no idle after the interrupt: shut down and replaced
+    assert first_kernel not in registry.kernels and len(registry.kernels) == 1
+    registry.answer(-1, "")  # the replacement's seed
+    assert len(app.pool.idle) == 1 and not app.pool.busy
+
+
+def test_overrun_that_answers_its_interrupt_keeps_the_kernel():
+    registry, clock, app, call = journey(request_timeout=5, interrupt_grace=2)
+    registry.answer(0, "")
+    kernel_id = registry.requests[0][0]
+    call()
+    clock.advance(5)
+    registry.answer(-1, "")  # KeyboardInterrupt, then idle
+    clock.advance(2)
+    assert list(registry.kernels) == [kernel_id] and len(app.pool.idle) == 1
