@@ -314,6 +314,19 @@ OPTIONS: tuple[Option, ...] = (
            "deleted (0 keeps all).", ("JKG_LOG_MAX_FILES",)),
     Option("protocol_error_log_interval", "10", _positive_float, "Seconds over which malformed or badly signed "
            "kernel messages are counted into one log line per kernel.", ("JKG_PROTOCOL_ERROR_LOG_INTERVAL",)),
+    # Engines driven by gateway_provisioners (see docs/engines.md): set once for the gateway.
+    Option("docker_host", "", _text, "Docker engine for container kernelspecs (sets DOCKER_HOST), e.g. "
+           "unix:///run/docker.sock.", ("JKG_DOCKER_HOST",)),
+    Option("docker_network", "", _text, "Docker network container kernels join; the gateway must reach it "
+           "(sets GP_DOCKER_NETWORK).", ("JKG_DOCKER_NETWORK", "GP_DOCKER_NETWORK")),
+    Option("response_ip", "", _text, "Address remote kernel launchers send their connection info to; must be "
+           "the gateway's address on the kernels' network (sets GP_RESPONSE_IP).", ("JKG_RESPONSE_IP", "GP_RESPONSE_IP")),
+    Option("response_port", "8877", _port, "Port of the response address (sets GP_RESPONSE_PORT).",
+           ("JKG_RESPONSE_PORT", "GP_RESPONSE_PORT")),
+    Option("remote_hosts", "", _csv, "Comma-separated SSH hosts for the distributed provisioner "
+           "(sets GP_REMOTE_HOSTS).", ("JKG_REMOTE_HOSTS", "GP_REMOTE_HOSTS")),
+    Option("remote_user", "", _text, "SSH user for the distributed provisioner (sets GP_REMOTE_USER).",
+           ("JKG_REMOTE_USER", "GP_REMOTE_USER")),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
@@ -397,6 +410,12 @@ class GatewayConfig:
     max_sessions_per_tenant: int = 1000
     log_max_files: int = 10
     protocol_error_log_interval: float = 10.0
+    docker_host: str = ""
+    docker_network: str = ""
+    response_ip: str = ""
+    response_port: int = 8877
+    remote_hosts: tuple[str, ...] = ()
+    remote_user: str = ""
 
     @property
     def endpoints(self) -> tuple[str, ...]:

@@ -177,6 +177,7 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     from .kernels.registry import KernelRegistry
     from .kernels.seed import read_seed
     from .kernels.store import open_store
+    from .provisioners import engines
     from .sessions import SessionStore
     from .web.api import GatewayAPI
     from .web.channels import ChannelsFactory
@@ -190,6 +191,7 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
         return KernelChannels(zmq_factory, connection_info, on_message)
 
     specs = KernelSpecs()
+    engines.apply(config)  # before any gateway_provisioners module reads its settings
     notebook_http = config.api == "notebook-http"
     # in notebook-http mode the notebook is served, not run as a seed, and prespawn sizes its pools
     seed_cells = read_seed(config.seed_uri) if config.seed_uri and not notebook_http else ()

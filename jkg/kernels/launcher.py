@@ -21,6 +21,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from ..errors import KernelLaunchError, NotFound, UnknownKernelSpec
+from ..provisioners import engines
 from .runtime import GATEWAY_PID_KEY, connection_file_path
 from .stderr import StderrTail
 
@@ -220,17 +221,36 @@ class KernelLauncher:
 
     async def _launch(self, manager: AsyncKernelManager, kernel_id: str, env: dict) -> LaunchedKernel:
         try:
+            spec = manager.kernel_spec
+        except NoSuchKernel:
+            raise UnknownKernelSpec(manager.kernel_name) from None
+        # Container and cluster launchers get their engine's address and a file for the engine's error.
+        errors_file = _launch_errors_file(kernel_id) if engines.is_remote(spec) else None
+        env = {**env, **engines.launcher_env(spec, os.environ, errors_file)}
+        stderr = engines.launch_stderr(spec, subprocess.PIPE if self.reactor is not None else None)
+        try:
             await manager.start_kernel(kernel_id=kernel_id, env=env, cwd=os.getcwd(), independent=self.independent,
-                                       stderr=subprocess.PIPE if self.reactor is not None else None)
+                                       **stderr)
         except NoSuchKernel:
             raise UnknownKernelSpec(manager.kernel_name) from None
         except Exception as error:  # noqa: BLE001 - report why, never a traceback
             await _cleanup_quietly(manager)
-            raise KernelLaunchError(f"kernel {manager.kernel_name} failed to start: {error}") from None
+            engine = engines.read_launch_errors(errors_file)
+            raise KernelLaunchError(f"kernel {manager.kernel_name} failed to start: {error}"
+                                    + (f"; engine: {engine}" if engine else "")) from None
         process = getattr(manager.provisioner, "process", None)
         pipe = getattr(process, "stderr", None)
         tail = StderrTail(self.reactor, pipe) if pipe is not None else None
         return LaunchedKernel(manager, tail)
+
+
+def _launch_errors_file(kernel_id: str) -> str:
+    """A path in the private runtime directory (never a guessable /tmp name) for a launcher's error."""
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    folder = jupyter_runtime_dir()
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    return os.path.join(folder, f"kernel-{kernel_id}-launch-errors.txt")
 
 
 async def _cleanup_quietly(manager: AsyncKernelManager) -> None:
