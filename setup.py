@@ -32,6 +32,8 @@ setup(
         "client": ["nbclient>=0.10", "nbformat>=5.9"],
         # benchmarks/ (run by hand): asyncio WebSocket clients, and the profiler used on the gateway
         "bench": ["websockets>=13", "py-spy>=0.3"],
+        # Kernels on Docker, Docker Swarm, SSH hosts (and Kubernetes/YARN by configuration): docs/engines.md
+        "containers": ["gateway_provisioners[docker]>=0.5,<0.6"],
         "test": [
             "nbclient>=0.10",
             "nbformat>=5.9",
@@ -44,6 +46,7 @@ setup(
             "requests>=2.31",
             "jupyter_server>=2.14,<3",
             "ruff>=0.6",
+            "gateway_provisioners[docker]>=0.5,<0.6",
         ],
     },
     entry_points={

@@ -32,3 +32,6 @@ def zctx():
     yield context, ours
     ours.shutdown()
     context.destroy(linger=0)
+
+# Session fixtures for the engine tests (a private dockerd, its network, the kernel image, an sshd).
+from engines import docker_engine, ssh_host  # noqa: E402,F401

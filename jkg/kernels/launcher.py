@@ -157,18 +157,27 @@ class LaunchedKernel:
         return as_deferred(self._manager.interrupt_kernel())
 
     def restart(self, now: bool = False) -> Deferred:
-        return as_deferred(self._manager.restart_kernel(now=now))
+        return as_deferred(self._restart(now))
 
     def shutdown(self, now: bool = False) -> Deferred:
         """Ask politely over the control channel, then kill; fire when gone."""
         return as_deferred(self._shutdown(now))
 
     async def _shutdown(self, now: bool) -> None:
+        remote = engines.remote_kernel_process(self._manager.provisioner)
         try:
             await self._manager.shutdown_kernel(now=now)
         except Exception:  # noqa: BLE001 - a dying kernel must still be reaped
             log.failure("graceful shutdown failed; killing")
             await self._manager.shutdown_kernel(now=True)
+        if remote is not None:  # gateway_provisioners may report an SSH kernel gone while it still runs
+            await _reap_remote(self._manager.provisioner, remote)
+
+    async def _restart(self, now: bool) -> None:
+        remote = engines.remote_kernel_process(self._manager.provisioner)
+        await self._manager.restart_kernel(now=now)
+        if remote is not None:
+            await _reap_remote(self._manager.provisioner, remote)
 
 
 class _GatewayKernelManager(AsyncKernelManager):
@@ -219,6 +228,33 @@ class KernelLauncher:
         manager.load_connection_info(info)
         return as_deferred(self._launch(manager, kernel_id, env))
 
+    def restore(self, kernel_id: str, kernel_name: str, connection_info: dict, provisioner_info: dict) -> Deferred:
+        """Take over a kernel another gateway started on an engine (``--keep-kernels-on-exit``).
+
+        The provisioner is rebuilt from the info it reported at start
+        (``load_provisioner_info``, gateway_provisioners' persistence hook), so
+        polling, interrupts and shutdown go through it as before.  Fires with a
+        :class:`LaunchedKernel`; the caller checks that it is alive.
+        """
+        manager = AsyncKernelManager(kernel_name=kernel_name, kernel_spec_manager=self.specs.manager)
+        manager.shutdown_wait_time = self.shutdown_wait_time
+        return as_deferred(self._restore(manager, kernel_id, connection_info, provisioner_info))
+
+    async def _restore(self, manager, kernel_id, connection_info, provisioner_info) -> LaunchedKernel:
+        from jupyter_client.provisioning import KernelProvisionerFactory
+
+        info = dict(connection_info)
+        if isinstance(info.get("key"), str):
+            info["key"] = info["key"].encode("ascii")
+        manager.kernel_id = kernel_id
+        manager.load_connection_info(info)
+        provisioner = KernelProvisionerFactory.instance(parent=manager.parent).create_provisioner_instance(
+            kernel_id, manager.kernel_spec, parent=manager)
+        await provisioner.load_provisioner_info({**provisioner_info, "connection_info": info})
+        manager.provisioner = provisioner
+        await provisioner.poll()  # container provisioners find their container (and its name) here
+        return LaunchedKernel(manager)
+
     async def _launch(self, manager: AsyncKernelManager, kernel_id: str, env: dict) -> LaunchedKernel:
         try:
             spec = manager.kernel_spec
@@ -251,6 +287,13 @@ def _launch_errors_file(kernel_id: str) -> str:
     folder = jupyter_runtime_dir()
     os.makedirs(folder, mode=0o700, exist_ok=True)
     return os.path.join(folder, f"kernel-{kernel_id}-launch-errors.txt")
+
+
+async def _reap_remote(provisioner, target) -> None:
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, engines.reap_remote_kernel, provisioner, target)
+    except Exception as error:  # noqa: BLE001 - the host may be gone; the shutdown itself succeeded
+        log.warn("could not check kernel {pid} on {host}: {error}", pid=target[1], host=target[0], error=error)
 
 
 async def _cleanup_quietly(manager: AsyncKernelManager) -> None:

@@ -30,6 +30,7 @@ from .external import ExternalKernel
 from .pool import WarmPool
 from .runtime import remove_connection_file, remove_stale_files
 from .seed import run_seed
+from .adopt import adopt_through_provisioner
 from .store import KernelRecord
 
 log = Logger()
@@ -224,6 +225,9 @@ class KernelRegistry(Service):
     def _reattach(self, record: KernelRecord):
         if record.id in self.kernels:
             return
+        if record.pid is None and record.provisioner_info:  # a kernel on an engine: its provisioner knows
+            yield self._reattach_through_provisioner(record)
+            return
         if record.pid is None or not pid_alive(record.pid, record.start_time):
             log.info("forgetting kernel {id}: its process is gone", id=record.id)
             yield self._forget(record.id)
@@ -249,6 +253,16 @@ class KernelRegistry(Service):
         self.kernels[kernel.id] = kernel
         self._locks[kernel.id] = DeferredLock()
         log.info("reattached kernel {id} ({name}, pid {pid})", id=kernel.id, name=kernel.name, pid=record.pid)
+
+    @inlineCallbacks
+    def _reattach_through_provisioner(self, record: KernelRecord):
+        kernel = yield adopt_through_provisioner(self.launcher, record, self._connect, self._clock,
+                                                 self.config.replay_buffer_limit)
+        if kernel is None:
+            yield self._forget(record.id)
+            return
+        self.kernels[kernel.id] = kernel
+        self._locks[kernel.id] = DeferredLock()
 
     @inlineCallbacks
     def _from_pool(self, name: str, env: dict, timeout: float):

@@ -22,8 +22,10 @@ the kernel's environment, not as container settings):
   ``GP_DOCKER_MODE`` (``docker`` or ``swarm``), ``DOCKER_HOST`` and friends;
 - ``KERNEL_UID``/``KERNEL_GID`` (gateway_provisioners refuses 0), checked to
   be plain numbers here;
-- ``JKG_KERNEL_MEMORY`` (bytes), ``JKG_KERNEL_CPUS`` (cores, fractional),
-  ``JKG_KERNEL_PIDS``: the tenant's limits, mapped to the engine's.
+- ``JKG_KERNEL_MEMORY`` (bytes), ``JKG_KERNEL_PROCESSES``, ``JKG_KERNEL_CPU_TIME``
+  (CPU seconds), ``JKG_KERNEL_OPEN_FILES``: the tenant's limits, mapped to the
+  container's memory limit (swap included), pids limit and ``cpu``/``nofile``
+  ulimits; a Swarm service gets the memory limit only.
 
 Every container runs with all capabilities dropped, ``no-new-privileges``, an
 init process as pid 1 and is removed when it exits.  A container that exits
@@ -50,6 +52,8 @@ LABELS = {"component": "kernel", "app": "gateway-provisioners"}
 EXIT_WATCH = 3.0
 MAX_REPORT = 2000
 _NUMBER = re.compile(r"[0-9]{1,9}\Z")
+_LIMIT = re.compile(r"[0-9]{1,18}\Z")
+LIMIT_KEYS = ("memory", "processes", "cpu_time", "open_files")
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -66,21 +70,33 @@ def container_name(username: str, kernel_id: str) -> str:
 
 
 def limits(env: dict[str, str]) -> dict[str, int]:
-    """``{memory bytes, nano cpus, pids}`` from the tenant's limits; absent ones are left out."""
+    """The tenant's limits (named as in the tenants file's ``[sandbox]`` table); absent ones are left out."""
     found = {}
-    for variable, key, parse in (("JKG_KERNEL_MEMORY", "memory", int), ("JKG_KERNEL_PIDS", "pids", int),
-                                 ("JKG_KERNEL_CPUS", "nano_cpus", lambda raw: int(float(raw) * 1e9))):
+    for key in LIMIT_KEYS:
+        variable = f"JKG_KERNEL_{key.upper()}"
         raw = env.get(variable, "").strip()
         if not raw:
             continue
-        try:
-            value = parse(raw)
-        except ValueError:
-            raise LaunchError(f"{variable} is not a number: {raw[:40]!r}") from None
-        if value <= 0:
-            raise LaunchError(f"{variable} must be positive: {raw[:40]!r}")
-        found[key] = value
+        if not _LIMIT.match(raw) or int(raw) <= 0:
+            raise LaunchError(f"{variable} must be a positive whole number: {raw[:40]!r}")
+        found[key] = int(raw)
     return found
+
+
+def container_limits(wanted: dict[str, int]) -> dict:
+    """docker run arguments for the limits: memory (no swap beyond it), pids, RLIMIT_CPU and RLIMIT_NOFILE."""
+    from docker.types import Ulimit
+
+    options: dict = {}
+    if "memory" in wanted:
+        options.update(mem_limit=wanted["memory"], memswap_limit=wanted["memory"])
+    if "processes" in wanted:
+        options["pids_limit"] = wanted["processes"]
+    ulimits = [Ulimit(name=name, soft=wanted[key], hard=wanted[key])
+               for key, name in (("cpu_time", "cpu"), ("open_files", "nofile")) if key in wanted]
+    if ulimits:
+        options["ulimits"] = ulimits
+    return options
 
 
 def user_spec(env: dict[str, str]) -> str:
@@ -129,14 +145,19 @@ def launch(args: argparse.Namespace, env: dict[str, str], client=None) -> str:
             image, name=name, env=environment, labels=labels, container_labels=labels, networks=[network],
             user=user, init=True, cap_drop=["ALL"],
             endpoint_spec=EndpointSpec(mode="dnsrr"), restart_policy=RestartPolicy(condition="none"),
-            resources=Resources(mem_limit=wanted.get("memory"), cpu_limit=wanted.get("nano_cpus")))
-        # Swarm has no pids limit per service in this API version; memory and CPU are enforced.
+            resources=Resources(mem_limit=wanted.get("memory")))
     else:
+        from docker.errors import ImageNotFound
+
+        try:
+            client.images.get(image)  # never pulled implicitly: the engine may not reach a registry
+        except ImageNotFound as error:
+            raise LaunchError(f"image {image!r} not found on the engine (pull or load it first): "
+                              f"{getattr(error, 'explanation', None) or error}") from None
         container = client.containers.run(
             image, name=name, environment=environment, labels=labels, network=network, user=user,
             detach=True, auto_remove=True, init=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
-            mem_limit=wanted.get("memory"), memswap_limit=wanted.get("memory"),
-            nano_cpus=wanted.get("nano_cpus"), pids_limit=wanted.get("pids"))
+            **container_limits(wanted))
         watch_for_early_exit(container, EXIT_WATCH)
     return name
 

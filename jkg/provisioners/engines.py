@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Any, Mapping, MutableMapping
 
 # Provisioners that run the kernel as a local process: no engine, nothing to add.
@@ -105,3 +106,44 @@ def read_launch_errors(path: str | None, limit: int = 2000) -> str:
     except OSError:
         return ""
     return " ".join(text.split())
+
+
+# -- kernels on SSH hosts: make sure a DELETE really ends them ----------------------------------
+_KERNEL_ID = re.compile(r"[0-9a-fA-F-]{1,64}\Z")
+
+
+def remote_kernel_process(provisioner: Any) -> tuple[str, int, str] | None:
+    """``(host ip, pid, kernel id)`` of a kernel the distributed provisioner started over SSH, else None."""
+    if type(provisioner).__name__ != "DistributedProvisioner":
+        return None
+    ip, pid, kernel_id = getattr(provisioner, "ip", None), getattr(provisioner, "pid", 0), provisioner.kernel_id
+    if not isinstance(ip, str) or type(pid) is not int or pid <= 1 or not _KERNEL_ID.match(str(kernel_id or "")):
+        return None
+    return ip, pid, str(kernel_id)
+
+
+def reap_command(pid: int, kernel_id: str, grace: float = 2.0) -> str:
+    """Shell command for the remote host: end ``pid`` only if it is still that kernel's launcher.
+
+    The kernel id in its command line tells the launcher from a process that
+    reused the pid.  Both values are checked (an int and a UUID), never free text.
+    """
+    if type(pid) is not int or pid <= 1 or not _KERNEL_ID.match(kernel_id):
+        raise ValueError("bad pid or kernel id")
+    alive = f"grep -qsF -- '{kernel_id}' /proc/{pid}/cmdline"
+    return (f"if {alive}; then kill -TERM {pid}; i=0; while {alive} && [ $i -lt {int(grace * 10)} ]; "
+            f"do sleep 0.1; i=$((i+1)); done; {alive} && kill -KILL {pid}; fi; true")
+
+
+def reap_remote_kernel(provisioner: Any, target: tuple[str, int, str]) -> None:
+    """End a kernel that outlived its shutdown on an SSH host (blocking: run it in a thread).
+
+    Why: gateway_provisioners tells the launcher's listener to exit as soon as
+    a shutdown is *requested*; from then on ``poll()`` sees the listener's
+    port refused and reports the kernel gone, so jupyter_client never kills
+    it.  A kernel that does not stop at once (a cell that ignores SIGINT, a
+    blocking C call) kept running until it finished by itself -- tens of
+    seconds or forever.  This asks the host over SSH, after the shutdown.
+    """
+    ip, pid, kernel_id = target
+    provisioner._rsh(ip, reap_command(pid, kernel_id))

@@ -1,0 +1,358 @@
+"""Kernels in Docker containers through gateway_provisioners' DockerProvisioner, end to end.
+
+A private dockerd (tests/engines.py) runs each kernel in a container of the
+debootstrap-built image on an internal 10.x network; the gateway is
+configured once (``--docker-host``, ``--docker-network``, ``--response-ip``,
+``--response-port``) and the kernelspecs come from ``python -m
+jkg.kernelspecs docker``.  Tests drive jkg's REST + WebSocket API and the real
+``jupyter server --gateway-url``, and check on the engine itself that no
+container is left behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engines import free_port
+from jkg.auth.tenants import hash_token
+from jkg.kernelspecs import container_spec, ssh_spec
+from jkg.provisioners import docker_launch, engines
+from support import GatewayProcess, stdout_of
+
+ALICE = "alice-engine-token-1f2e3d4c5b6a"
+FACTS = """
+import json, os, socket, sys
+_ns = os.stat('/proc/self/ns/net')
+print(json.dumps({'hostname': socket.gethostname(), 'netns': [_ns.st_dev, _ns.st_ino], 'prefix': sys.prefix,
+                  'version': sys.version.split()[0], 'uid': os.getuid(), 'env': dict(os.environ)}))
+"""
+
+
+# -- pure parts (no engine) ------------------------------------------------------------
+def _args(**overrides):
+    return docker_launch.parse_args(["--kernel-id", "k1", "--response-address", "10.0.0.1:8877",
+                                     "--public-key", "PK", *sum((["--" + k.replace("_", "-"), v]
+                                                                  for k, v in overrides.items()), [])])
+
+
+def test_launcher_keeps_engine_settings_out_of_the_container():
+    env = {"PATH": "/x", "DOCKER_HOST": "unix:///s", "GP_DOCKER_NETWORK": "n", "JKG_KERNEL_MEMORY": "1",
+           "KERNEL_USERNAME": "alice", "KERNEL_GATEWAY": "1", "JPY_PARENT_PID": "1"}
+    kept = docker_launch.kernel_environment(env, _args())
+    assert kept["KERNEL_USERNAME"] == "alice" and kept["RESPONSE_ADDRESS"] == "10.0.0.1:8877"
+    assert kept["KERNEL_ID"] == "k1" and kept["PUBLIC_KEY"] == "PK"
+    assert not {"PATH", "DOCKER_HOST", "GP_DOCKER_NETWORK", "JKG_KERNEL_MEMORY", "JPY_PARENT_PID"} & set(kept)
+
+
+@pytest.mark.parametrize("uid,gid", [("0", "100"), ("1000", "0"), ("00", "100"), ("-1", "100"), ("1000 ", "100"),
+                                     ("root", "100")])
+def test_launcher_refuses_root_and_odd_ids(uid, gid):
+    with pytest.raises(docker_launch.LaunchError):
+        docker_launch.user_spec({"KERNEL_UID": uid, "KERNEL_GID": gid})
+
+
+def test_launcher_limits_and_names():
+    assert docker_launch.limits({"JKG_KERNEL_MEMORY": str(256 << 20), "JKG_KERNEL_PROCESSES": "64",
+                                 "JKG_KERNEL_CPU_TIME": "30", "JKG_KERNEL_OPEN_FILES": "512"}) == {
+        "memory": 256 << 20, "processes": 64, "cpu_time": 30, "open_files": 512}
+    for bad in ("x", "-5", "0"):
+        with pytest.raises(docker_launch.LaunchError):
+            docker_launch.limits({"JKG_KERNEL_MEMORY": bad})
+    assert docker_launch.container_name("../evil user", "k1") == "evil-user-k1"
+    assert docker_launch.container_name("", "k1") == "kernel-k1"
+
+
+def test_launcher_refuses_a_network_the_gateway_does_not_use():
+    with pytest.raises(docker_launch.LaunchError, match="network"):
+        docker_launch.launch(_args(network="other"), {"KERNEL_IMAGE": "i", "GP_DOCKER_NETWORK": "mine"},
+                             client=object())
+
+
+def test_engine_settings_reach_only_container_launchers():
+    class Config:
+        docker_host, docker_network, response_ip, response_port = "unix:///d.sock", "net", "10.1.2.1", 9999
+        remote_hosts, remote_user, kernel_launch_timeout = ("h1", "h2"), "", 42.5
+
+    assert engines.provisioner_environ(Config, {}) == {
+        "DOCKER_HOST": "unix:///d.sock", "GP_DOCKER_NETWORK": "net", "GP_RESPONSE_IP": "10.1.2.1",
+        "GP_RESPONSE_PORT": "9999", "GP_REMOTE_HOSTS": "h1,h2", "GP_LAUNCH_TIMEOUT": "43"}
+    environ = {"DOCKER_HOST": "unix:///d.sock", "GP_DOCKER_NETWORK": "net", "HOME": "/root"}
+    docker = container_spec("img:1")
+    assert engines.launcher_env(docker, environ, "/run/e") == {
+        "DOCKER_HOST": "unix:///d.sock", "GP_DOCKER_NETWORK": "net", "JKG_KERNEL_LAUNCH_ERRORS": "/run/e"}
+    assert engines.launcher_env({"argv": ["python"]}, environ) == {}
+    assert engines.launcher_env(ssh_spec(), environ) == {}
+    assert engines.launch_stderr(ssh_spec(), -1) == {} and engines.launch_stderr(docker, -1) == {"stderr": -1}
+
+
+def test_kernelspec_helper_writes_an_installable_spec(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "jkg.kernelspecs", "docker", "--image", "reg:5000/k:1",
+                             "--network", "kernels", "--prefix", str(tmp_path)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    spec = json.loads((tmp_path / "share/jupyter/kernels/docker-python/kernel.json").read_text())
+    assert spec["metadata"]["kernel_provisioner"] == {"provisioner_name": "docker-provisioner",
+                                                      "config": {"image_name": "reg:5000/k:1"}}
+    assert "{response_address}" in spec["argv"] and spec["argv"][-2:] == ["--network", "kernels"]
+    bad = subprocess.run([sys.executable, "-m", "jkg.kernelspecs", "docker", "--image", "x;reboot",
+                          "--prefix", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not an image reference" in bad.stderr
+
+
+# -- the gateway ----------------------------------------------------------------------------
+def _write_spec(share: Path, name: str, spec: dict) -> None:
+    folder = share / "kernels" / name
+    folder.mkdir(parents=True)
+    (folder / "kernel.json").write_text(json.dumps(spec))
+
+
+@pytest.fixture(scope="module")
+def setup(docker_engine, tmp_path_factory):
+    """Kernelspecs (one per image), a tenants file pinning alice to containers, an 'exits at start' image."""
+    root = tmp_path_factory.mktemp("engines-docker")
+    share = root / "share"
+    _write_spec(share, "docker-python", container_spec(docker_engine.image, network=docker_engine.network))
+    _write_spec(share, "docker-missing", container_spec("jkg-kernel:absent"))
+    _write_spec(share, "docker-exits", container_spec("jkg-kernel:exits"))
+    subprocess.run([shutil_docker(), "build", "-q", "-t", "jkg-kernel:exits", "-"], env=docker_engine.env,
+                   input=f'FROM {docker_engine.image}\nCMD ["/bin/sh", "-c", "echo boom: no kernel here; exit 3"]\n',
+                   capture_output=True, text=True, timeout=120, check=True)
+    tenants = root / "tenants.toml"
+    tenants.write_text(f"""
+[tenants.alice]
+tokens = ["{hash_token(ALICE)}"]
+kernelspecs = ["docker-python", "docker-missing", "docker-exits"]
+""")
+    return {"share": share, "tenants": tenants, "root": root}
+
+
+def shutil_docker() -> str:
+    import shutil
+
+    return shutil.which("docker", path="/usr/local/bin:/usr/bin:/bin") or "docker"
+
+
+def engine_args(engine, response_ip: str | None = None, docker_host: str | None = None) -> list[str]:
+    return ["--docker-host", docker_host or engine.host, "--docker-network", engine.network,
+            "--response-ip", response_ip or engine.gateway_ip, "--response-port", str(free_port(engine.gateway_ip))]
+
+
+def start_gateway(setup, engine, *args, env=None, **kwargs) -> GatewayProcess:
+    gateway = GatewayProcess("--tenants", str(setup["tenants"]), *engine_args(engine, **kwargs), *args,
+                             env={"JUPYTER_PATH": str(setup["share"]), **(env or {})})
+    gateway.start()
+    gateway.token = ALICE  # a tenant's token: KERNEL_USERNAME is the tenant's name
+    return gateway
+
+
+@pytest.fixture(scope="module")
+def gateway(setup, docker_engine):
+    process = start_gateway(setup, docker_engine)
+    try:
+        yield process
+    finally:
+        process.stop()
+    assert not docker_engine.containers(), "containers survived the gateway"
+
+
+def kernel_containers(engine, kernel_id: str) -> list[dict]:
+    client = engine.client()
+    try:
+        return [c.attrs for c in client.containers.list(all=True, filters={"label": f"kernel_id={kernel_id}"})]
+    finally:
+        client.close()
+
+
+def facts(client) -> dict:
+    return json.loads(stdout_of(client.run(FACTS)))
+
+
+@pytest.fixture
+def kernel(gateway):
+    model = gateway.start_kernel()  # alice's default: her first allowed kernelspec, a container
+    yield model
+    gateway.request("DELETE", f"/api/kernels/{model['id']}")
+
+
+# -- lifecycle through REST + WebSocket -------------------------------------------------------
+def test_tenant_is_pinned_to_the_container_kernelspec(gateway, kernel):
+    assert kernel["name"] == "docker-python"
+    assert gateway.request("POST", "/api/kernels", json={"name": "python3"}).status_code == 404  # not hers
+    names = set(gateway.request("GET", "/api/kernelspecs").json()["kernelspecs"])
+    assert names == {"docker-python", "docker-missing", "docker-exits"}
+
+
+def test_kernel_runs_in_a_container(gateway, kernel, docker_engine):
+    with gateway.connect(kernel["id"]) as client:
+        seen = facts(client)
+        assert stdout_of(client.run("print(6 * 7)")) == "42\n"
+    mine = os.stat("/proc/self/ns/net")
+    assert seen["hostname"] != socket.gethostname()
+    assert tuple(seen["netns"]) != (mine.st_dev, mine.st_ino)
+    assert seen["prefix"] == "/opt/kernel" != sys.prefix  # the image's Python, not the gateway's
+    assert seen["version"] != sys.version.split()[0] or seen["prefix"] != sys.prefix
+    assert seen["uid"] == 1000
+    assert seen["env"]["KERNEL_USERNAME"] == "alice" and seen["env"]["KERNEL_ID"] == kernel["id"]
+    assert not [name for name in seen["env"] if name.startswith(("DOCKER", "GP_", "JKG_"))]
+    [container] = kernel_containers(docker_engine, kernel["id"])
+    assert container["State"]["Running"] and container["Config"]["Hostname"] == seen["hostname"]
+    address = container["NetworkSettings"]["Networks"][docker_engine.network]["IPAddress"]
+    assert address in {str(host) for host in docker_engine.subnet.hosts()}
+    assert container["HostConfig"]["CapDrop"] == ["ALL"] and container["HostConfig"]["Init"]
+
+
+def test_interrupt_and_restart(gateway, kernel, docker_engine):
+    with gateway.connect(kernel["id"]) as client:
+        msg_id = client.execute("import time; print('sleeping', flush=True); time.sleep(60)")
+        client.wait_for(lambda m: m["msg_type"] == "stream" and "sleeping" in m["content"]["text"])
+        started = time.monotonic()
+        assert gateway.request("POST", f"/api/kernels/{kernel['id']}/interrupt").status_code == 204
+        messages = client.collect(msg_id, timeout=30)
+        assert time.monotonic() - started < 10
+        assert next(m for m in messages if m["msg_type"] == "error")["content"]["ename"] == "KeyboardInterrupt"
+        before = facts(client)["hostname"]
+        client.run("survivor = 1")
+        response = gateway.request("POST", f"/api/kernels/{kernel['id']}/restart")
+        assert response.status_code == 200 and response.json()["id"] == kernel["id"]
+        client.wait_for(lambda m: m["msg_type"] == "status" and m["parent_header"] == {}, timeout=60)
+        assert stdout_of(client.run("print('survivor' in globals())")) == "False\n"
+        after = facts(client)["hostname"]
+    assert after != before  # a new container
+    [container] = kernel_containers(docker_engine, kernel["id"])
+    assert container["Config"]["Hostname"] == after
+
+
+def test_delete_leaves_no_container(gateway, docker_engine):
+    model = gateway.start_kernel()
+    assert len(kernel_containers(docker_engine, model["id"])) == 1
+    started = time.monotonic()
+    assert gateway.request("DELETE", f"/api/kernels/{model['id']}").status_code == 204
+    assert time.monotonic() - started < 10
+    assert not kernel_containers(docker_engine, model["id"])
+
+
+# -- failures: a clear 500 within the launch timeout, nothing left running ----------------------
+def _failed_start(gateway, name: str, limit: float) -> str:
+    before = time.monotonic()
+    response = gateway.request("POST", "/api/kernels", json={"name": name}, timeout=limit + 30)
+    elapsed = time.monotonic() - before
+    assert response.status_code == 500, response.text
+    body = response.json()
+    assert body["reason"] == "Kernel Launch Failed" and "Traceback" not in body["message"]
+    assert elapsed < limit, (elapsed, body)
+    return body["message"]
+
+
+def test_missing_image(gateway, docker_engine):
+    message = _failed_start(gateway, "docker-missing", 20)
+    assert "jkg-kernel:absent" in message and ("No such image" in message or "not found" in message), message
+    assert not docker_engine.containers()
+    assert gateway.request("GET", "/api/kernels").json() == []
+
+
+def test_container_that_exits_at_start(gateway, docker_engine):
+    message = _failed_start(gateway, "docker-exits", 20)
+    assert "exited at start" in message and "boom: no kernel here" in message, message
+    assert not docker_engine.containers()
+
+
+def test_engine_down(setup, docker_engine):
+    gateway = start_gateway(setup, docker_engine, docker_host="unix:///nonexistent/docker.sock")
+    try:
+        message = _failed_start(gateway, "docker-python", 20)
+        assert "/nonexistent/docker.sock" in message or "No such file" in message, message
+    finally:
+        gateway.stop()
+    assert not docker_engine.containers()
+
+
+def test_response_never_arrives(setup, docker_engine):
+    # the launcher is told to send its connection info to an address nobody has: it never arrives
+    silent = str(list(docker_engine.subnet.hosts())[-1])
+    gateway = start_gateway(setup, docker_engine, "--kernel-launch-timeout", "8", response_ip=silent,
+                            env={"GP_RESPONSE_ADDR_ANY": "true"})
+    try:
+        message = _failed_start(gateway, "docker-python", 8 + 10)
+        assert "Waited too long" in message or "launch timeout" in message, message
+        assert not docker_engine.containers()
+        assert gateway.request("GET", "/api/kernels").json() == []
+    finally:
+        gateway.stop()
+
+
+# -- the gateway stopping -------------------------------------------------------------------------
+def test_sigterm_removes_containers(setup, docker_engine):
+    gateway = start_gateway(setup, docker_engine)
+    try:
+        model = gateway.start_kernel()
+        assert kernel_containers(docker_engine, model["id"])
+    finally:
+        code = gateway.stop(signal.SIGTERM)
+    assert code in (0, -signal.SIGTERM), gateway.output.decode(errors="replace")[-2000:]
+    assert not docker_engine.containers()
+
+
+def test_kept_container_kernel_is_reattached(setup, docker_engine, tmp_path):
+    state = {"--state-db": str(tmp_path / "state.db")}
+    first = start_gateway(setup, docker_engine, "--keep-kernels-on-exit", *sum(state.items(), ()))
+    second = None
+    try:
+        model = first.start_kernel()
+        with first.connect(model["id"]) as client:
+            client.run("kept = 'yes'")
+        first.stop(signal.SIGTERM)
+        assert kernel_containers(docker_engine, model["id"]), "the container went with the gateway"
+        second = start_gateway(setup, docker_engine, *sum(state.items(), ()))
+        deadline = time.monotonic() + 30
+        while second.request("GET", f"/api/kernels/{model['id']}").status_code != 200:
+            assert time.monotonic() < deadline, second.output.decode(errors="replace")[-3000:]
+            time.sleep(0.3)
+        with second.connect(model["id"]) as client:
+            assert stdout_of(client.run("print(kept)")) == "yes\n"
+        assert second.request("DELETE", f"/api/kernels/{model['id']}").status_code == 204
+        assert not kernel_containers(docker_engine, model["id"])
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert not docker_engine.containers()
+
+
+# -- the real jupyter_server as the gateway's client ------------------------------------------------
+def test_lifecycle_through_jupyter_server(gateway, docker_engine, tmp_path):
+    pytest.importorskip("jupyter_server")
+    from test_jupyter_server_client import JupyterServerProcess
+
+    server = JupyterServerProcess(tmp_path, gateway.url, ALICE, {}).start()
+    try:
+        assert "docker-python" in server.request("GET", "/api/kernelspecs").json()["kernelspecs"]
+        response = server.request("POST", "/api/kernels", json={"name": "docker-python"})
+        assert response.status_code == 201, response.text
+        kernel_id = response.json()["id"]
+        assert kernel_containers(docker_engine, kernel_id)
+        client = server.connect(kernel_id)
+        try:
+            seen = facts(client)
+            assert seen["prefix"] == "/opt/kernel" and seen["env"]["KERNEL_USERNAME"] == "alice"
+            msg_id = client.execute("import time; print('sleeping', flush=True); time.sleep(60)")
+            client.wait_for(lambda m: m["msg_type"] == "stream" and "sleeping" in m["content"]["text"])
+            assert server.request("POST", f"/api/kernels/{kernel_id}/interrupt").status_code == 204
+            errors = [m for m in client.collect(msg_id, timeout=30) if m["msg_type"] == "error"]
+            assert errors and errors[0]["content"]["ename"] == "KeyboardInterrupt"
+            assert server.request("POST", f"/api/kernels/{kernel_id}/restart").status_code == 200
+            assert facts(client)["hostname"] != seen["hostname"]
+        finally:
+            client.close()
+        assert server.request("DELETE", f"/api/kernels/{kernel_id}").status_code == 204
+        assert not kernel_containers(docker_engine, kernel_id)
+        assert gateway.request("GET", "/api/kernels").json() == []
+    finally:
+        server.stop()
