@@ -178,6 +178,10 @@ class DockerEngine:
     image: str = IMAGE
     image_seconds: float = 0.0
     swarm_network: str = ""
+    swarm_subnet: ipaddress.IPv4Network | None = None
+    swarm_netns: str = ""
+    swarm_ip: str = ""
+    swarm_link: str = ""
     _stopped: bool = False
 
     @property
@@ -258,13 +262,21 @@ class DockerEngine:
             return
         self._stopped = True
         if self.process.poll() is None:
-            # every container on this private daemon is a test's
+            # every container and service on this private daemon is a test's
+            services = self.docker("service", "ls", "-q", check=False).stdout.split()
+            if services:
+                self.docker("service", "rm", *services, check=False, timeout=60)
             self.docker("swarm", "leave", "--force", check=False, timeout=60)
             ids = self.docker("ps", "-aq", check=False).stdout.split()
             if ids:
                 self.docker("rm", "-f", *ids, check=False, timeout=120)
             if self.network:
                 self.docker("network", "rm", self.network, check=False)
+        if self.swarm_link:
+            subprocess.run(["ip", "link", "del", self.swarm_link], capture_output=True, timeout=30)
+        if self.swarm_netns:
+            subprocess.run(["umount", f"/run/netns/{self.swarm_netns}"], capture_output=True, timeout=30)
+            Path(f"/run/netns/{self.swarm_netns}").unlink(missing_ok=True)
         below = descendants(self.process.pid)
         stop_pids([self.process.pid], grace=20)
         try:
@@ -281,9 +293,55 @@ class DockerEngine:
             subprocess.run(["umount", "-l", mount], capture_output=True, timeout=30)
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def start_swarm(self) -> None:
+        """Make this engine a single-node swarm with an overlay network the host can reach.
+
+        Swarm services take their addresses from an overlay network, which
+        lives in a namespace of its own; the test joins this host to it with
+        a veth pair on the overlay's bridge (an address from the half of the
+        subnet Docker does not hand out), the way a gateway running as a
+        service would be attached.  The overlay's namespace exists once a
+        container uses it, hence the idle anchor container.
+        """
+        gw_subnet, self.swarm_subnet = free_subnet(), free_subnet()
+        # swarm's docker_gwbridge, created first so that its Linux bridge gets a name of ours
+        self.docker("network", "create", "--driver", "bridge", "--subnet", str(gw_subnet),
+                    "-o", f"com.docker.network.bridge.name=jkgg{self.tag}", "-o",
+                    "com.docker.network.bridge.enable_ip_masquerade=false", "docker_gwbridge")
+        self.docker("swarm", "init", "--advertise-addr", "127.0.0.1",
+                    "--listen-addr", f"127.0.0.1:{free_port('127.0.0.1')}",
+                    "--data-path-port", str(random.randrange(20000, 30000)), timeout=120)
+        hosts = list(self.swarm_subnet.hosts())
+        self.swarm_network = f"jkgtest-ov-{self.tag}"
+        lower_half = ipaddress.IPv4Network(f"{self.swarm_subnet.network_address}/{self.swarm_subnet.prefixlen + 1}")
+        self.docker("network", "create", "--driver", "overlay", "--attachable", "--internal",
+                    "--subnet", str(self.swarm_subnet), "--ip-range", str(lower_half), self.swarm_network)
+        self.docker("run", "-d", "--name", f"jkgtest-anchor-{self.tag}", "--network", self.swarm_network,
+                    self.image, "sleep", "infinity")
+        network_id = self.docker("network", "inspect", "-f", "{{.Id}}", self.swarm_network).stdout.strip()
+        netns_file = self.root / "x" / "netns" / f"1-{network_id[:10]}"
+        self.swarm_netns = f"jkgtest-ov-{self.tag}"
+        Path("/run/netns").mkdir(exist_ok=True)
+        Path(f"/run/netns/{self.swarm_netns}").touch()
+        subprocess.run(["mount", "--bind", str(netns_file), f"/run/netns/{self.swarm_netns}"], check=True, timeout=30)
+        self.swarm_ip = str(hosts[-1])
+        host_if, peer = f"jkgo{self.tag}", f"jkgp{self.tag}"
+        for step in (["link", "add", host_if, "mtu", "1450", "type", "veth", "peer", "name", peer,
+                      "netns", self.swarm_netns],
+                     ["-n", self.swarm_netns, "link", "set", peer, "master", "br0"],
+                     ["-n", self.swarm_netns, "link", "set", peer, "up"],
+                     ["addr", "add", f"{self.swarm_ip}/{self.swarm_subnet.prefixlen}", "dev", host_if],
+                     ["link", "set", host_if, "up"]):
+            subprocess.run(["ip", *step], check=True, capture_output=True, timeout=30)
+        self.swarm_link = host_if
+
     def containers(self) -> list[str]:
-        """Names of every container on this engine, running or not."""
-        return self.docker("ps", "-a", "--format", "{{.Names}}", check=False).stdout.split()
+        """Names of every kernel container on this engine, running or not (not the swarm's anchor)."""
+        names = self.docker("ps", "-a", "--format", "{{.Names}}", check=False).stdout.split()
+        return [name for name in names if not name.startswith("jkgtest-anchor-")]
+
+    def services(self) -> list[str]:
+        return self.docker("service", "ls", "--format", "{{.Name}}", check=False).stdout.split()
 
 
 def recipe_hash() -> str:

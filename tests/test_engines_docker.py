@@ -356,3 +356,35 @@ def test_lifecycle_through_jupyter_server(gateway, docker_engine, tmp_path):
         assert gateway.request("GET", "/api/kernels").json() == []
     finally:
         server.stop()
+
+
+# -- culling and the warm pool ------------------------------------------------------------------------
+def test_pool_and_culling_with_containers(setup, docker_engine):
+    # pooled kernels start before any tenant asks: their KERNEL_USERNAME comes from the gateway's own env
+    gateway = start_gateway(setup, docker_engine, "--pool", "docker-python=1", "--cull-idle-timeout", "4",
+                            "--cull-interval", "1", "--env-process-whitelist", "KERNEL_USERNAME",
+                            env={"KERNEL_USERNAME": "pool"})
+    try:
+        deadline = time.monotonic() + 60
+        while len(docker_engine.containers()) < 1:
+            assert time.monotonic() < deadline, gateway.output.decode(errors="replace")[-3000:]
+            time.sleep(0.3)
+        [pooled] = docker_engine.containers()
+        started = time.monotonic()
+        model = gateway.start_kernel()
+        taken_in = time.monotonic() - started
+        assert kernel_containers(docker_engine, model["id"])[0]["Name"].lstrip("/") == pooled
+        with gateway.connect(model["id"]) as client:
+            assert facts(client)["env"]["KERNEL_USERNAME"] == "alice"  # the tenant's, set when taken
+        assert taken_in < 5, taken_in
+        deadline = time.monotonic() + 30  # idle for 4 s: culled, and its container removed
+        while gateway.request("GET", f"/api/kernels/{model['id']}").status_code == 200:
+            assert time.monotonic() < deadline, "the idle kernel was not culled"
+            time.sleep(0.5)
+        assert not kernel_containers(docker_engine, model["id"])
+        while len(docker_engine.containers()) < 1:  # the pool refilled
+            assert time.monotonic() < deadline + 30
+            time.sleep(0.3)
+    finally:
+        gateway.stop()
+    assert not docker_engine.containers()

@@ -34,7 +34,8 @@ def gateway(ssh_host, tmp_path_factory):
     root = tmp_path_factory.mktemp("engines-ssh")
     folder = root / "share" / "kernels" / "ssh-python"
     folder.mkdir(parents=True)
-    (folder / "kernel.json").write_text(json.dumps(ssh_spec(sys.executable, str(ssh_host.scripts / "launch_ipykernel.py"))))
+    spec = ssh_spec(sys.executable, str(ssh_host.scripts / "launch_ipykernel.py"))
+    (folder / "kernel.json").write_text(json.dumps(spec))
     tenants = root / "tenants.toml"
     tenants.write_text(f'[tenants.alice]\ntokens = ["{hash_token(ALICE)}"]\nkernelspecs = ["ssh-python"]\n')
     (root / "logs").mkdir()
