@@ -320,7 +320,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("docker_network", "", _text, "Docker network container kernels join; the gateway must reach it "
            "(sets GP_DOCKER_NETWORK).", ("JKG_DOCKER_NETWORK", "GP_DOCKER_NETWORK")),
     Option("response_ip", "", _text, "Address remote kernel launchers send their connection info to; must be "
-           "the gateway's address on the kernels' network (sets GP_RESPONSE_IP).", ("JKG_RESPONSE_IP", "GP_RESPONSE_IP")),
+           "the gateway's address on the kernels' network (sets GP_RESPONSE_IP).",
+           ("JKG_RESPONSE_IP", "GP_RESPONSE_IP")),
     Option("response_port", "8877", _port, "Port of the response address (sets GP_RESPONSE_PORT).",
            ("JKG_RESPONSE_PORT", "GP_RESPONSE_PORT")),
     Option("remote_hosts", "", _csv, "Comma-separated SSH hosts for the distributed provisioner "
