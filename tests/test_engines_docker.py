@@ -361,21 +361,31 @@ def test_lifecycle_through_jupyter_server(gateway, docker_engine, tmp_path):
 # -- culling and the warm pool ------------------------------------------------------------------------
 def test_pool_and_culling_with_containers(setup, docker_engine):
     # pooled kernels start before any tenant asks: their KERNEL_USERNAME comes from the gateway's own env
+    # and the limits a launcher applies, here set for the whole gateway
+    limits = {"JKG_KERNEL_MEMORY": str(300 << 20), "JKG_KERNEL_PROCESSES": "128", "JKG_KERNEL_OPEN_FILES": "777"}
     gateway = start_gateway(setup, docker_engine, "--pool", "docker-python=1", "--cull-idle-timeout", "4",
-                            "--cull-interval", "1", "--env-process-whitelist", "KERNEL_USERNAME",
-                            env={"KERNEL_USERNAME": "pool"})
+                            "--cull-interval", "1", "--env-process-whitelist", ",".join(["KERNEL_USERNAME", *limits]),
+                            env={"KERNEL_USERNAME": "pool", **limits})
     try:
         deadline = time.monotonic() + 60
-        while len(docker_engine.containers()) < 1:
+        while b"(docker-python) ready: 1/1" not in gateway.output:
             assert time.monotonic() < deadline, gateway.output.decode(errors="replace")[-3000:]
             time.sleep(0.3)
         [pooled] = docker_engine.containers()
         started = time.monotonic()
         model = gateway.start_kernel()
         taken_in = time.monotonic() - started
-        assert kernel_containers(docker_engine, model["id"])[0]["Name"].lstrip("/") == pooled
+        [container] = kernel_containers(docker_engine, model["id"])
+        assert container["Name"].lstrip("/") == pooled
+        host = container["HostConfig"]
+        assert host["Memory"] == host["MemorySwap"] == 300 << 20 and host["PidsLimit"] == 128
+        assert {(u["Name"], u["Hard"]) for u in host["Ulimits"]} == {("nofile", 777)}
         with gateway.connect(model["id"]) as client:
-            assert facts(client)["env"]["KERNEL_USERNAME"] == "alice"  # the tenant's, set when taken
+            seen = facts(client)
+            assert seen["env"]["KERNEL_USERNAME"] == "alice"  # the tenant's, set when taken
+            assert "JKG_KERNEL_MEMORY" not in seen["env"]
+            limits_seen = stdout_of(client.run("import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE))"))
+            assert limits_seen == "(777, 777)\n"
         assert taken_in < 5, taken_in
         deadline = time.monotonic() + 30  # idle for 4 s: culled, and its container removed
         while gateway.request("GET", f"/api/kernels/{model['id']}").status_code == 200:
@@ -388,3 +398,14 @@ def test_pool_and_culling_with_containers(setup, docker_engine):
     finally:
         gateway.stop()
     assert not docker_engine.containers()
+
+
+def test_tenant_limits_become_launcher_settings():
+    from types import SimpleNamespace
+
+    limits = SimpleNamespace(memory=256 << 20, processes=64, cpu_time=None, open_files=512, disk=10)
+    env = engines.limits_env(limits)
+    assert env == {"JKG_KERNEL_MEMORY": str(256 << 20), "JKG_KERNEL_PROCESSES": "64", "JKG_KERNEL_OPEN_FILES": "512"}
+    options = docker_launch.container_limits(docker_launch.limits(env))
+    assert options["mem_limit"] == options["memswap_limit"] == 256 << 20 and options["pids_limit"] == 64
+    assert [(u["Name"], u["Soft"], u["Hard"]) for u in options["ulimits"]] == [("nofile", 512, 512)]

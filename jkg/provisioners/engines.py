@@ -147,3 +147,23 @@ def reap_remote_kernel(provisioner: Any, target: tuple[str, int, str]) -> None:
     """
     ip, pid, kernel_id = target
     provisioner._rsh(ip, reap_command(pid, kernel_id))
+
+
+# -- tenant limits for container kernels ---------------------------------------------------------
+LIMIT_NAMES = ("memory", "processes", "cpu_time", "open_files")
+
+
+def limits_env(limits: Any) -> dict[str, str]:
+    """``JKG_KERNEL_*`` variables for a container launcher from a tenant's limits.
+
+    ``limits`` has the tenants file's ``[sandbox]`` limit names as attributes
+    (``None`` for unlimited).  A container is its own sandbox: jkg's local
+    sandbox does not wrap a container launcher, the engine enforces these.
+    The names never come from a client (clients may only set ``KERNEL_*``).
+    """
+    env = {}
+    for name in LIMIT_NAMES:
+        value = getattr(limits, name, None)
+        if type(value) is int and value > 0:
+            env[f"JKG_KERNEL_{name.upper()}"] = str(value)
+    return env
