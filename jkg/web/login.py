@@ -20,7 +20,8 @@ audit = Logger(namespace="jkg.audit")
 
 def peer(request) -> str:
     address = request.getClientAddress()
-    return getattr(address, "host", str(address))
+    host = getattr(address, "host", None)  # str(address) only when needed: it costs more than the lookup
+    return host if host is not None else str(address)
 
 
 async def login(request, portal, limiter, cors, hosts: tuple[str, ...] | None = None):
