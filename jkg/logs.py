@@ -22,26 +22,48 @@ from urllib.parse import parse_qsl, urlencode
 from twisted.application.service import MultiService, Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import (FilteringLogObserver, ILogObserver, LegacyLogObserverWrapper, Logger, LogLevel,
-                            LogLevelFilterPredicate, jsonFileLogObserver)
+                            LogLevelFilterPredicate, jsonFileLogObserver, textFileLogObserver)
 
 LEVELS = ("debug", "info", "warn", "error", "critical")
 _access = Logger(namespace="jkg.access")
 
 
-def _twistd_destination(twistd_options):
-    """The file twistd would log to (stdout undaemonized without --logfile)."""
+def _twistd_destination(twistd_options, max_files: int = 0):
+    """The file twistd would log to (stdout undaemonized without --logfile).
+
+    A log file keeps at most ``max_files`` rotated files (``--log-max-files``;
+    0 keeps all, twistd's own behaviour): a kernel flooding the log cannot
+    fill the disk with rotated files.
+    """
     from twisted.python import logfile
 
     name = twistd_options.get("logfile") or ""
     if name == "-" or (not name and twistd_options.get("nodaemon")):
         return sys.stdout
-    return logfile.LogFile.fromFullPath(name or "twistd.log")
+    return logfile.LogFile.fromFullPath(name or "twistd.log", maxRotatedFiles=max_files or None)
 
 
-def make_observer(level: str, log_format: str, twistd_options):
+def _rotate_on_sigusr1(log_file) -> None:
+    """What twistd does for its own log file: SIGUSR1 rotates it."""
+    import signal
+
+    if not signal.getsignal(signal.SIGUSR1):
+        def rotate(signum, frame):
+            from twisted.internet import reactor  # the running one, looked up when the signal comes
+
+            reactor.callFromThread(log_file.rotate)
+
+        signal.signal(signal.SIGUSR1, rotate)
+
+
+def make_observer(level: str, log_format: str, twistd_options, max_files: int = 0):
     """twistd's observer (or a JSON one on its destination), showing ``level`` and above."""
+    destination = None if twistd_options.get("syslog") else _twistd_destination(twistd_options, max_files)
     if log_format == "json":
-        observer = jsonFileLogObserver(_twistd_destination(twistd_options))
+        observer = jsonFileLogObserver(destination or _twistd_destination(twistd_options, max_files))
+    elif destination is not None and destination is not sys.stdout:
+        observer = textFileLogObserver(destination)
+        _rotate_on_sigusr1(destination)
     else:
         from twisted.scripts._twistd_unix import UnixAppLogger
 

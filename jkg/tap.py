@@ -123,6 +123,7 @@ def makeService(options):  # noqa: N802 - twistd API
     from .logs import LoggedService, make_observer
 
     try:
-        return LoggedService(service, make_observer(config.log_level, config.log_format, twistd_options))
+        observer = make_observer(config.log_level, config.log_format, twistd_options, config.log_max_files)
+        return LoggedService(service, observer)
     except (ConfigError, ListenError, TenantsFileError, SeedError, StateDatabaseInUse, ValueError, OSError) as error:
         _fail(str(error))

@@ -90,3 +90,33 @@ def test_access_log_dash_goes_to_the_gateway_log():
     text = "\n".join(lines(gateway))
     assert '[jkg.access#info] 127.0.0.1 - - [' in text and '"GET /api HTTP/1.1" 200' in text
     assert "dash-secret" not in text
+
+
+def test_rotated_log_files_are_bounded(tmp_path):
+    """--log-max-files: twistd's --logfile keeps only that many rotated files (twistd alone keeps every one)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from support import TWISTD
+
+    log = tmp_path / "jkg.log"
+    process = subprocess.Popen([*TWISTD, "-n", "--pidfile=", "--logfile", str(log), "jkg", "--port", "0",
+                                "--log-max-files", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (log.exists() and "listening on" in log.read_text()):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.1)
+        for rotation in range(4):  # SIGUSR1 rotates, as with twistd's own log file
+            os.kill(process.pid, signal.SIGUSR1)
+            while not (tmp_path / f"jkg.log.{min(rotation + 1, 2)}").exists():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(30)
+    rotated = sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("jkg.log."))
+    assert rotated == ["jkg.log.1", "jkg.log.2"]
