@@ -27,6 +27,7 @@ setup(
         "ipykernel>=6.29",
         "bcrypt>=4.1",
         "zope.interface>=6",
+        "prometheus_client>=0.20",
     ],
     extras_require={
         "client": ["nbclient>=0.10", "nbformat>=5.9"],

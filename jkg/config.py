@@ -279,6 +279,8 @@ OPTIONS: tuple[Option, ...] = (
            ("JKG_IOPUB_DATA_RATE_LIMIT", "KG_IOPUB_DATA_RATE_LIMIT")),
     Option("rate_limit_window", "3", _positive_float, "Seconds over which the iopub rate limits are averaged.",
            ("JKG_RATE_LIMIT_WINDOW", "KG_RATE_LIMIT_WINDOW")),
+    Option("metrics_public", "false", _flag, "Serve /metrics without credentials (otherwise it needs an admin "
+           "tenant's, like the API).", ("JKG_METRICS_PUBLIC",), flag=True),
     Option("log_level", "info", _choice("debug", "info", "warn", "error", "critical"), "Least severe log "
            "level written: debug, info, warn, error or critical.", ("JKG_LOG_LEVEL",)),
     Option("log_format", "text", _choice("text", "json"), "text (twistd's lines) or json (one JSON object per "
@@ -396,6 +398,7 @@ class GatewayConfig:
     iopub_msg_rate_limit: float = 0.0
     iopub_data_rate_limit: float = 0.0
     rate_limit_window: float = 3.0
+    metrics_public: bool = False
     log_level: str = "info"
     log_format: str = "text"
     access_log: str = ""

@@ -235,6 +235,10 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     else:
         api = GatewayAPI(config, registry, specs, sessions, portal, ws_factory, cors, limiter, tenants=tenants_table)
         resource = make_root_resource(api.resource(), cors, config.base_url)
+    from .metrics import GatewayCollector, ReactorLag, make_registry
+
+    lag = ReactorLag(reactor)
+    api.metrics = make_registry(GatewayCollector(registry, lag))
     access_log = None
     if config.access_log:
         from .logs import AccessLog
@@ -246,6 +250,7 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
 
     service = GatewayService()
     _ZmqService(zmq_factory).setServiceParent(service)
+    lag.setServiceParent(service)
     if access_log is not None:
         access_log.setServiceParent(service)
     registry.setServiceParent(service)

@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..metrics import TRAFFIC
 from ..errors import BadRequest, KernelLaunchError
 from ..interfaces import IAttachedKernel
 from .messages import KernelMessage, isoformat, loads, local_message, make_message_parts, status_parts, utcnow
@@ -108,6 +109,7 @@ class ManagedKernel:
     # -- kernel -> clients -------------------------------------------------
     def _on_message(self, message: KernelMessage) -> None:
         self.last_activity = utcnow()
+        TRAFFIC.received(message.channel, message.parts)
         if message.channel == "iopub":
             if not self._iopub_seen:
                 self._iopub_seen = True
@@ -236,6 +238,7 @@ class ManagedKernel:
                 self._pending.pop(next(iter(self._pending)))
             self._pending[incoming.header["msg_id"]] = client.session_id
         self.last_activity = utcnow()
+        TRAFFIC.sent(incoming.channel, incoming.parts)
         self.channels.send(incoming.channel, incoming.parts)
 
     # -- attaching clients ---------------------------------------------------

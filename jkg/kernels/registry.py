@@ -16,8 +16,10 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredLock, inlineC
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .. import metrics
 from ..auth.quota import check_kernel_quota, default_kernel_name, kernel_to_start
 from ..procfs import pid_alive, process_start_time
 from ..errors import Conflict, KernelDead, KernelLaunchError, UnknownKernel, UnknownKernelSpec
@@ -123,11 +125,17 @@ class KernelRegistry(Service):
         self._starting_for[owner] = self._starting_for.get(owner, 0) + 1
         d = self._start(name, full_env, timeout, owner)
         self._inflight.add(d)
+        began = self._clock.seconds()
 
         def done(result):
             self._starting -= 1
             self._starting_for[owner] -= 1
             self._inflight.discard(d)
+            if isinstance(result, Failure):
+                if not result.check(UnknownKernelSpec):  # a client's typo is no failed start (nor a new label)
+                    metrics.kernel_start_failed(name)
+            else:
+                metrics.kernel_started(name, self._clock.seconds() - began)
             return result
 
         return d.addBoth(done)
@@ -135,6 +143,8 @@ class KernelRegistry(Service):
     @inlineCallbacks
     def _start(self, name: str, env: dict, timeout: float, owner: str | None):
         kernel = yield self._from_pool(name, env, timeout)
+        if kernel is not None:
+            kernel.last_activity = utcnow()  # handed out now: idle since now, not since it was pooled
         if kernel is None:
             kernel = yield self._launch_ready(name, env, timeout)
         kernel.owner = owner
@@ -285,6 +295,7 @@ class KernelRegistry(Service):
                 kernel.channels.close()
                 kernel.launched.shutdown(now=True)
                 return None
+        metrics.pool_handout(name)
         return kernel
 
     def _launch_pooled(self, name: str) -> Deferred:
@@ -361,6 +372,7 @@ class KernelRegistry(Service):
         kernel.execution_state = "idle"
         self._persist(kernel)
         log.info("restarted kernel {id}{why}", id=kernel.id, why=" after it died" if automatic else "")
+        metrics.kernel_restarted(automatic)
         return kernel
 
     def shutdown(self, kernel_id: str, tenant=None) -> Deferred:
@@ -404,6 +416,7 @@ class KernelRegistry(Service):
                   and not self._locks[kernel.id].locked]
         for kernel in doomed:
             log.info("culling kernel {id}: inactive since {since}", id=kernel.id, since=kernel.last_activity)
+            metrics.kernel_culled()
         return DeferredList([self.shutdown(kernel.id) for kernel in doomed], consumeErrors=True)
 
     # -- heartbeat ------------------------------------------------------------

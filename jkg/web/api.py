@@ -65,6 +65,8 @@ class GatewayAPI:
         self.limiter = limiter
         self.tenants = tenants or (lambda: None)
 
+    metrics = None  # a prometheus_client CollectorRegistry, set by jkg.service
+
     def resource(self):
         return self.app.resource()
 
@@ -95,6 +97,20 @@ class GatewayAPI:
         return write_json(request, {"reason": "Internal Server Error", "message": "unexpected server error"}, 500)
 
     # -- server ------------------------------------------------------------------
+    @app.route("/metrics", methods=["GET"], strict_slashes=False)
+    async def prometheus_metrics(self, request):
+        """Prometheus text format; for admins (every tenant's kernels show) unless ``--metrics-public``."""
+        if not self.config.metrics_public:
+            tenant = await self._login(request)
+            if not tenant.admin:
+                raise GatewayError("metrics are for admin tenants", reason="Forbidden", status=403)
+        if self.metrics is None:
+            raise GatewayError("metrics are not enabled here", reason="Not Found", status=404)
+        from ..metrics import CONTENT_TYPE_LATEST, render
+
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return render(self.metrics)
+
     @app.route("/api", methods=["GET"], strict_slashes=False)
     async def version(self, request):
         await self._login(request)

@@ -24,7 +24,7 @@ from twisted.internet import tcp
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .. import wire
+from .. import metrics, wire
 from ..auth.quota import ConnectionCounter
 from ..errors import BadRequest, GatewayError
 from ..interfaces import IKernelClient
@@ -320,6 +320,7 @@ class ChannelsProtocol(WebSocketServerProtocol):
         _log.warn("closing session {session} of kernel {kernel}: {reason}", session=self.session_id,
                   kernel=self.kernel_id, reason=reason)
         self.dropped_as_slow = limit
+        metrics.slow_client_disconnected()
         self._detach()
         outbox = self._outbox
         if isinstance(outbox, TCPOutbox):

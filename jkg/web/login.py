@@ -10,6 +10,7 @@ from __future__ import annotations
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.logger import Logger
 
+from .. import metrics
 from ..auth.credentials import credentials_from_request
 from ..auth.realm import ITenant
 from ..errors import Forbidden, TooManyRequests, Unauthorized
@@ -39,6 +40,7 @@ async def login(request, portal, limiter, cors, hosts: tuple[str, ...] | None = 
     address = peer(request)
     retry_after = limiter.retry_after(address)
     if retry_after:
+        metrics.auth_locked_out()
         raise TooManyRequests("too many failed logins from this address; try again later", retry_after)
     credentials = credentials_from_request(request.getHeader(b"authorization"), query_arg(request, b"token"),
                                            address)
@@ -47,6 +49,7 @@ async def login(request, portal, limiter, cors, hosts: tuple[str, ...] | None = 
         _, tenant, _ = await portal.login(credentials, None, ITenant)
     except (UnauthorizedLogin, UnhandledCredentials):
         limiter.failed(address)
+        metrics.auth_failed()
         audit.info("login failed: address={address} path={path}", address=address,
                    path=request.path.decode("utf-8", "replace"))
         raise Unauthorized("invalid or missing credentials") from None
