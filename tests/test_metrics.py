@@ -40,7 +40,11 @@ def test_metrics_count_a_known_workload(broken_spec):
                              "--state-db", "none", token="metrics-token",
                              env={"JUPYTER_PATH": broken_spec}).start()
     try:
-        kept = gateway.start_kernel()["id"]
+        deadline = time.monotonic() + 60
+        while value(scrape(gateway), "jkg_pool_kernels", kernelspec="python3") < 1:
+            assert time.monotonic() < deadline, "the warm pool did not fill"
+            time.sleep(0.3)
+        kept = gateway.start_kernel()["id"]  # from the pool
         with gateway.connect(kept) as client:  # connected: never culled
             culled = gateway.start_kernel()["id"]
             assert gateway.request("POST", "/api/kernels", json={"name": "broken"}).status_code == 500
