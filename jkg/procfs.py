@@ -81,3 +81,34 @@ def process_naming_file(path: str) -> int | None:
                 found.append(int(entry.name))
                 break
     return found[0] if len(found) == 1 else None
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports ``pid`` itself listens on: its socket descriptors matched with its namespace's tables.
+
+    ``/proc/PID/net/tcp*`` lists every socket of the network namespace; only
+    the inodes found among ``/proc/PID/fd`` are this process's own.
+    """
+    try:
+        owned = set()
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{name}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owned.add(target[8:-1])
+    except OSError:
+        return set()
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}", encoding="ascii") as handle:
+                next(handle, None)
+                for line in handle:
+                    fields = line.split()
+                    if len(fields) > 9 and fields[3] == "0A" and fields[9] in owned:  # 0A: LISTEN
+                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        except (OSError, ValueError):
+            continue
+    return ports

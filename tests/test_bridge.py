@@ -164,3 +164,38 @@ def test_a_hung_kernel_is_noticed_through_its_heartbeat(tmp_path):
             wait_state(gateway, own["id"], "idle")
     finally:
         stop(outside)
+
+
+def test_a_bystander_naming_the_connection_file_is_not_taken_for_the_kernel(tmp_path):
+    """The pid is confirmed by the ports: a process that only names the file never gets the kernel's signals."""
+    import json
+    import socket
+
+    from jkg.kernels.discovery import kernel_process
+
+    sockets = [socket.socket() for _ in range(5)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    path = tmp_path / "kernel-bystander.json"
+    info = {"transport": "tcp", "ip": "127.0.0.1", "key": "k", "signature_scheme": "hmac-sha256",
+            **{f"{name}_port": port for name, port in zip(("shell", "iopub", "stdin", "control", "hb"), ports)}}
+    path.write_text(json.dumps(info))
+    listener = ("import socket, sys, time\nheld = []\nfor port in sys.argv[2:]:\n"
+                "    s = socket.socket(); s.bind(('127.0.0.1', int(port))); s.listen(1); held.append(s)\n"
+                "print('ready', flush=True); time.sleep(120)\n")
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(path)])
+    try:
+        assert kernel_process(str(path), info) is None  # names the file, holds no port
+    finally:
+        stop(bystander)
+    holder = subprocess.Popen([sys.executable, "-c", listener, str(path), *map(str, ports)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"ready"
+        assert kernel_process(str(path), info) == holder.pid  # names the file and holds every port
+        assert kernel_process(str(path), {**info, "hb_port": 1}) is None  # one port held elsewhere
+    finally:
+        stop(holder)

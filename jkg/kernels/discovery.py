@@ -18,7 +18,7 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
-from ..procfs import process_naming_file, process_start_time
+from ..procfs import listening_ports, process_naming_file, process_start_time
 from .external import ExternalKernel
 from .runtime import written_by
 
@@ -74,10 +74,26 @@ def kernel_id_for(path: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, os.path.abspath(path)))
 
 
+def kernel_process(path: str, info: dict) -> int | None:
+    """The pid of the kernel behind a connection file, or None when it cannot be confirmed (blocking).
+
+    Naming the file on its command line is not enough (any process can, and
+    signals for the kernel would reach a bystander): the process must also
+    listen on every TCP port of the connection file itself.
+    """
+    pid = process_naming_file(path)
+    if pid is None:
+        return None
+    ports = {info[key] for key in _PORTS if isinstance(info.get(key), int)}
+    if info.get("transport", "tcp") != "tcp" or not ports or not ports <= listening_ports(pid):
+        return None
+    return pid
+
+
 def describe(path: str) -> dict:
     """Everything needed to adopt the kernel behind a connection file (blocking)."""
     info = read_connection_file(path)
-    pid = process_naming_file(path)
+    pid = kernel_process(path, info)
     return {"path": path, "id": kernel_id_for(path), "info": info, "pid": pid,
             "start_time": process_start_time(pid) if pid else None, "writer": written_by(path)}
 
@@ -162,7 +178,7 @@ class ExistingKernels(Service):
         yield self.registry.adopt(details["id"], name, launched, source=details["path"])
         if launched.pid is None:
             # the file may have appeared before its kernel process: now that it answers, look again
-            pid = yield deferToThread(process_naming_file, details["path"])
+            pid = yield deferToThread(kernel_process, details["path"], info)
             if pid is not None:
                 launched.pid, launched.start_time = pid, process_start_time(pid)
                 launched.interrupt_mode = "signal"
