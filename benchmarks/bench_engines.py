@@ -27,7 +27,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import _gateway  # noqa: E402
 from bench_lifecycle import gateway_start, p50  # noqa: E402
-from engines import DockerEngine, SshHost, ensure_packages, free_port  # noqa: E402
+from engines import DockerEngine, ensure_packages, free_port  # noqa: E402
+from ssh_hosts import SshHost  # noqa: E402
 
 from jkg.kernelspecs import container_spec, ssh_spec  # noqa: E402
 

@@ -34,4 +34,5 @@ def zctx():
     context.destroy(linger=0)
 
 # Session fixtures for the engine tests (a private dockerd, its network, the kernel image, an sshd).
-from engines import docker_engine, ssh_host  # noqa: E402,F401
+from engines import docker_engine  # noqa: E402,F401
+from ssh_hosts import ssh_host  # noqa: E402,F401

@@ -91,6 +91,12 @@ def test_engine_settings_reach_only_container_launchers():
     assert engines.launcher_env({"argv": ["python"]}, environ) == {}
     assert engines.launcher_env(ssh_spec(), environ) == {}
     assert engines.launch_stderr(ssh_spec(), -1) == {} and engines.launch_stderr(docker, -1) == {"stderr": -1}
+    engines.check_remote_host(ssh_spec(), {"KERNEL_REMOTE_HOST": "h2"}, {"GP_REMOTE_HOSTS": "h1,h2"})
+    engines.check_remote_host(ssh_spec(hosts=("h3",)), {"KERNEL_REMOTE_HOST": "h3"}, {"GP_REMOTE_HOSTS": "h1"})
+    engines.check_remote_host(docker, {"KERNEL_REMOTE_HOST": "anything"}, {})  # not an SSH kernelspec
+    for environ in ({"GP_REMOTE_HOSTS": "h1,h2"}, {}):
+        with pytest.raises(ValueError, match="not one of"):
+            engines.check_remote_host(ssh_spec(), {"KERNEL_REMOTE_HOST": "evil.example"}, environ)
 
 
 def test_kernelspec_helper_writes_an_installable_spec(tmp_path):

@@ -97,3 +97,9 @@ def test_kernel_ignoring_interrupts_is_gone_soon_after_delete(gateway, ssh_host)
         time.sleep(0.1)
     gone_after = time.monotonic() - started
     assert not ssh_host.kernel_pids() and gone_after < 8, gone_after
+
+
+def test_client_cannot_choose_another_ssh_host(gateway, ssh_host):
+    response = gateway.request("POST", "/api/kernels", json={"env": {"KERNEL_REMOTE_HOST": "10.9.9.9"}})
+    assert response.status_code == 500 and "not one of the gateway's remote hosts" in response.json()["message"]
+    assert not ssh_host.kernel_pids()

@@ -260,6 +260,10 @@ class KernelLauncher:
             spec = manager.kernel_spec
         except NoSuchKernel:
             raise UnknownKernelSpec(manager.kernel_name) from None
+        try:
+            engines.check_remote_host(spec, env, os.environ)
+        except ValueError as error:
+            raise KernelLaunchError(f"kernel {manager.kernel_name} cannot start: {error}") from None
         # Container and cluster launchers get their engine's address and a file for the engine's error.
         errors_file = _launch_errors_file(kernel_id) if engines.is_remote(spec) else None
         env = {**env, **engines.launcher_env(spec, os.environ, errors_file)}

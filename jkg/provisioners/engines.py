@@ -60,11 +60,15 @@ def apply(config: Any, environ: MutableMapping[str, str] = os.environ) -> dict[s
     return env
 
 
+def _provisioner_entry(spec: Any) -> dict:
+    metadata = spec.get("metadata") if isinstance(spec, dict) else getattr(spec, "metadata", None)
+    entry = (metadata or {}).get("kernel_provisioner") if isinstance(metadata, dict) else None
+    return entry if isinstance(entry, dict) else {}
+
+
 def provisioner_name(spec: Any) -> str:
     """The provisioner a kernelspec (a ``KernelSpec`` or its dict) names; ``local-provisioner`` if none."""
-    metadata = spec.get("metadata") if isinstance(spec, dict) else getattr(spec, "metadata", None)
-    entry = (metadata or {}).get("kernel_provisioner") or {}
-    name = entry.get("provisioner_name") if isinstance(entry, dict) else None
+    name = _provisioner_entry(spec).get("provisioner_name")
     return name if isinstance(name, str) and name else "local-provisioner"
 
 
@@ -167,3 +171,21 @@ def limits_env(limits: Any) -> dict[str, str]:
         if type(value) is int and value > 0:
             env[f"JKG_KERNEL_{name.upper()}"] = str(value)
     return env
+
+
+def check_remote_host(spec: Any, env: Mapping[str, str], environ: Mapping[str, str]) -> None:
+    """Refuse a client's ``KERNEL_REMOTE_HOST`` that is not one of the configured SSH hosts.
+
+    The distributed provisioner logs in to whatever host that variable names,
+    with the gateway's key; a client must not choose hosts beyond the operator's list.
+
+    :raises ValueError: naming the host.
+    """
+    host = env.get("KERNEL_REMOTE_HOST")
+    if host is None or provisioner_name(spec) not in SSH_PROVISIONERS:
+        return
+    config = _provisioner_entry(spec).get("config")
+    configured = (config.get("remote_hosts") if isinstance(config, dict) else None) \
+        or environ.get("GP_REMOTE_HOSTS", "").split(",")
+    if host not in [name.strip() for name in configured if name.strip()]:
+        raise ValueError(f"KERNEL_REMOTE_HOST {host[:80]!r} is not one of the gateway's remote hosts")
