@@ -277,7 +277,8 @@ def make_gateway_service(config: GatewayConfig, reactor, listen: bool = True) ->
     from .startup import StartupReport
     from .systemd import ReadyNotifier
 
-    endpoints = [parse_endpoint(description, reactor, config) for description in config.listen_endpoints] if listen else []
+    endpoints = ([parse_endpoint(description, reactor, config) for description in config.listen_endpoints]
+                 if listen else [])
     gateway = make_gateway(config, reactor)
     listeners = [_Listener(description, gateway.site, reactor, endpoint)
                  for description, endpoint in zip(config.endpoints, endpoints)]
