@@ -14,7 +14,8 @@ setup(
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
     python_requires=">=3.10",
-    packages=["jkg", "jkg.kernels", "jkg.web", "jkg.auth", "jkg.client", "jkg.provisioners", "twisted.plugins"],
+    packages=["jkg", "jkg.kernels", "jkg.web", "jkg.auth", "jkg.client", "jkg.provisioners", "jkg.sandbox",
+              "twisted.plugins"],
     install_requires=[
         "twisted[tls]>=24.7",
         "autobahn>=24.4",

@@ -174,6 +174,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("base_url", "/", _base_url, "URL prefix of every route.", ("KG_BASE_URL",)),
     Option("auth_token", "", _text, "Token clients must present (Authorization: token T, Bearer T or ?token=T).",
            ("KG_AUTH_TOKEN",)),
+    Option("auth_token_file", "", _text, "File holding the token (mode 0600), so that it need not sit in the "
+           "command line or the environment; overrides --auth-token.", ("KG_AUTH_TOKEN_FILE", "JKG_AUTH_TOKEN_FILE")),
     Option("tenants", "", _text, "Tenants file (TOML) with per-tenant token hashes, passwords and quotas; "
            "reloaded on SIGHUP. Manage it with python -m jkg.tenants.", ("JKG_TENANTS",)),
     Option("allow_unauthenticated", "false", _flag, "Serve without any credentials on a non-loopback listener "
@@ -256,6 +258,18 @@ OPTIONS: tuple[Option, ...] = (
            "and dropped when they die.", ("JKG_EXISTING_DIR",)),
     Option("own_existing", "false", _flag, "DELETE and gateway shutdown stop existing kernels instead of only "
            "detaching from them.", ("JKG_OWN_EXISTING",), flag=True),
+    Option("sandbox", "auto", _choice("auto", "bwrap", "none"), "Kernel sandbox: bwrap (bubblewrap namespaces), "
+           "none, or auto (bwrap where tenants or non-loopback listeners are configured; refuses to start there "
+           "without one). See docs/isolation.md.", ("JKG_SANDBOX",)),
+    Option("sandbox_network", "full", _choice("full", "loopback", "none"), "Network of sandboxed kernels: full "
+           "(the host's), loopback (a private loopback only) or none; the tenants file can set it per tenant.",
+           ("JKG_SANDBOX_NETWORK",)),
+    Option("kernel_user", "nobody", _text, "User (NAME, UID or UID:GID) sandboxed kernels run as when jkg runs as "
+           "root.", ("JKG_KERNEL_USER",)),
+    Option("workspace_dir", "", _text, "Directory holding sandboxed kernels' workspaces; empty means "
+           "jkg-workspaces in the Jupyter runtime directory.", ("JKG_WORKSPACE_DIR",)),
+    Option("sandbox_expose", "", _csv, "Comma-separated host paths shown read-only inside sandboxes although "
+           "they sit in a hidden directory (e.g. a virtualenv under /home).", ("JKG_SANDBOX_EXPOSE",)),
     Option("heartbeat_interval", "5", _non_negative_float, "Seconds between heartbeat pings to every kernel; "
            "three unanswered in a row mark it dead (0 disables).", ("JKG_HEARTBEAT_INTERVAL",)),
     Option("kernel_poll_interval", "1.0", _positive_float, "Seconds between checks that kernel processes "
@@ -347,6 +361,7 @@ class GatewayConfig:
     client_ca: str = ""
     base_url: str = "/"
     auth_token: str = field(default="", repr=False)
+    auth_token_file: str = ""
     tenants: str = ""
     allow_unauthenticated: bool = False
     allow_origin: str = ""
@@ -388,6 +403,11 @@ class GatewayConfig:
     existing: tuple[str, ...] = ()
     existing_dir: str = ""
     own_existing: bool = False
+    sandbox: str = "auto"
+    sandbox_network: str = "full"
+    kernel_user: str = "nobody"
+    workspace_dir: str = ""
+    sandbox_expose: tuple[str, ...] = ()
     heartbeat_interval: float = 5.0
     kernel_poll_interval: float = 1.0
     ws_ping_interval: float = 30.0
@@ -437,7 +457,7 @@ class GatewayConfig:
 
     @property
     def has_credentials(self) -> bool:
-        return bool(self.auth_token or self.tenants)
+        return bool(self.auth_token or self.auth_token_file or self.tenants)
 
     def replace(self, **changes: Any) -> "GatewayConfig":
         return dataclasses.replace(self, **changes)

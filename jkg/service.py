@@ -17,7 +17,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 
-from .config import GatewayConfig
+from .config import ConfigError, GatewayConfig
 
 
 @dataclass
@@ -162,6 +162,17 @@ class _ZmqService(Service):
         self.factory.shutdown()
 
 
+class _CgroupsService(Service):
+    """Removes the gateway's parent cgroups; added before the registry, so stopped after every kernel."""
+
+    def __init__(self, cgroups):
+        self.cgroups = cgroups
+
+    def stopService(self):  # noqa: N802 - Twisted API
+        super().stopService()
+        self.cgroups.remove_base()
+
+
 def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     """Build every part of a gateway; nothing listens until the service starts."""
     # Imported here, not at module level: the web and kernel modules pull in
@@ -186,6 +197,7 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     from .web.site import GatewaySite, make_root_resource
 
     zmq_factory = make_factory(reactor)
+    sandboxes, base_profile = make_sandboxes(config)
 
     def connect(connection_info, on_message):
         return KernelChannels(zmq_factory, connection_info, on_message)
@@ -197,7 +209,7 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     seed_cells = read_seed(config.seed_uri) if config.seed_uri and not notebook_http else ()
     registry_config = config.replace(prespawn_count=0, pool=()) if notebook_http else config
     store = open_store(config.state_db, reactor)
-    launcher = KernelLauncher(specs, independent=config.keep_kernels_on_exit, reactor=reactor)
+    launcher = KernelLauncher(specs, independent=config.keep_kernels_on_exit, reactor=reactor, sandboxes=sandboxes)
     registry = KernelRegistry(launcher, connect, registry_config, reactor, seed_cells=seed_cells, store=store)
     ws_factory = ChannelsFactory(registry, config, reactor)
 
@@ -214,6 +226,10 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
 
     tenants = (TenantsService(config.tenants, reactor, tenants_removed, tenants_reloaded)
                if config.tenants else None)
+    if sandboxes is not None or base_profile.sandboxed:
+        from .sandbox.policy import SandboxPolicy
+
+        registry.sandbox = SandboxPolicy(base_profile, (lambda: tenants.current().sandbox) if tenants else (lambda: None))
     hasher = PasswordHasher(reactor, config.password_hash_threads, config.password_checks_per_address,
                             config.password_checks_per_tenant)
     portal = make_portal(config.auth_token, tenants.current if tenants else (lambda: None), hasher=hasher)
@@ -253,6 +269,8 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     lag.setServiceParent(service)
     if access_log is not None:
         access_log.setServiceParent(service)
+    if sandboxes is not None and sandboxes.cgroups is not None:
+        _CgroupsService(sandboxes.cgroups).setServiceParent(service)
     registry.setServiceParent(service)
     if tenants is not None:
         tenants.setServiceParent(service)
@@ -264,6 +282,54 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
         ExistingKernels(registry, reactor, config.existing, config.existing_dir,
                         config.own_existing).setServiceParent(service)
     return Gateway(config, registry, resource, site, service, tenants)
+
+
+def make_sandboxes(config: GatewayConfig):
+    """The host's sandbox support and the gateway's default profile (blocking: startup only).
+
+    :raises ConfigError: when ``--sandbox`` asks for what this host cannot do,
+        or when ``auto`` finds tenants or exposed listeners but no sandbox.
+    """
+    import os
+
+    from .sandbox.settings import SandboxProfile
+
+    if config.sandbox == "none":
+        return None, SandboxProfile(mode="none")
+    from jupyter_core.paths import jupyter_runtime_dir
+    from twisted.logger import Logger
+
+    from .kernels.store import default_state_path
+    from .sandbox.host import probe_host
+    from .sandbox.limits import Cgroups
+    from .sandbox.policy import resolve_mode
+    from .sandbox.provisioner import Sandboxes
+    from .sandbox.workspace import Workspaces, resolve_user
+
+    host = probe_host()
+    mode = resolve_mode(config, host)
+    profile = SandboxProfile(mode=mode, network=config.sandbox_network)
+    if not host.available:
+        return None, profile
+    runtime = jupyter_runtime_dir()
+    try:
+        kernel_user = resolve_user(config.kernel_user) if os.geteuid() == 0 else None
+    except ValueError as error:
+        raise ConfigError(f"invalid value for --kernel-user: {error}") from None
+    state = config.state_db if config.state_db.strip().lower() not in ("", "none") else default_state_path()
+    hide = [runtime, os.path.dirname(os.path.abspath(state)), os.getcwd()]
+    for path in (config.tenants, config.auth_token_file, *config.existing):
+        if path:
+            hide.append(os.path.dirname(os.path.abspath(path)))
+    if config.existing_dir:
+        hide.append(config.existing_dir)
+    cgroups = Cgroups.detect(f"jkg-{os.getpid()}")
+    Logger().info("kernel sandbox: {mode} (bwrap {bwrap}); limits by {how}", mode=mode, bwrap=host.bwrap,
+                  how=cgroups.describe() + " and rlimits" if cgroups else "rlimits only (no cgroups here)")
+    sandboxes = Sandboxes(host, Workspaces(config.workspace_dir or os.path.join(runtime, "jkg-workspaces")),
+                          os.path.join(runtime, "jkg-ipc"), kernel_user, cgroups, tuple(hide),
+                          tuple(config.sandbox_expose), independent=config.keep_kernels_on_exit)
+    return sandboxes, profile
 
 
 def make_gateway_service(config: GatewayConfig, reactor, listen: bool = True) -> MultiService:

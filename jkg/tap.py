@@ -97,10 +97,16 @@ def makeService(options):  # noqa: N802 - twistd API
     for option in OPTIONS:
         if option.flag:
             cli[option.name] = "true" if options.get(option.cli) else None
+    from .secrets import SecretsError, make_non_dumpable, read_token_file
+
     try:
         config = build_config(cli, os.environ)
-    except ConfigError as error:
+        if config.auth_token_file:
+            config = config.replace(auth_token=read_token_file(config.auth_token_file))
+    except (ConfigError, SecretsError) as error:
         _fail(str(error))
+    # same-uid processes (kernels, when not sandboxed) may not ptrace us or read /proc/<pid>/environ
+    make_non_dumpable()
     reactor = install_asyncio_reactor()
     from .service import ListenError, endpoint_is_loopback, make_gateway_service, parse_endpoint
     from .preflight import check_settings

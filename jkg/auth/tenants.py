@@ -10,6 +10,9 @@ Format (TOML)::
     kernelspecs = ["python3"]             # optional allow-list
     admin = false
 
+A separate top-level ``[sandbox]`` table sets kernel sandboxes per tenant and
+kernelspec (:mod:`jkg.sandbox.settings`, docs/isolation.md).
+
 Only hashes are stored, so the file leaking does not leak a token.  Parsing
 and rendering are pure functions; :func:`write_tenants` replaces the file
 atomically and keeps it private (0600).
@@ -23,6 +26,8 @@ import secrets
 import tempfile
 import tomllib
 from dataclasses import dataclass, field, replace
+
+from ..sandbox.settings import SandboxSettingsError, SandboxTable, parse_sandbox_table, render_sandbox_table
 
 TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
 _TOKEN_HASH = re.compile(r"sha256:[0-9a-f]{64}\Z")
@@ -51,6 +56,7 @@ class TenantTable:
     """All tenants, with a reverse index from token hash to tenant name."""
 
     tenants: dict = field(default_factory=dict)
+    sandbox: SandboxTable = SandboxTable()
 
     def __post_init__(self):
         index = {}
@@ -67,10 +73,10 @@ class TenantTable:
         return self.tenants.get(name)
 
     def with_tenant(self, record: TenantRecord) -> "TenantTable":
-        return TenantTable({**self.tenants, record.name: record})
+        return replace(self, tenants={**self.tenants, record.name: record})
 
     def without(self, name: str) -> "TenantTable":
-        return TenantTable({k: v for k, v in self.tenants.items() if k != name})
+        return replace(self, tenants={k: v for k, v in self.tenants.items() if k != name})
 
 
 def hash_token(token: str) -> str:
@@ -99,7 +105,7 @@ def parse_tenants(text: str) -> TenantTable:
     section = data.get("tenants", {})
     if not isinstance(section, dict):
         raise TenantsFileError("[tenants] must be a table")
-    unknown = set(data) - {"tenants"}
+    unknown = set(data) - {"tenants", "sandbox"}
     if unknown:
         raise TenantsFileError(f"unknown top-level keys: {', '.join(sorted(unknown))}")
     tenants = {}
@@ -111,7 +117,11 @@ def parse_tenants(text: str) -> TenantTable:
             if token_hash in seen:
                 raise TenantsFileError(f"tenants {seen[token_hash]} and {record.name} share a token")
             seen[token_hash] = record.name
-    return TenantTable(tenants)
+    try:
+        sandbox = parse_sandbox_table(data.get("sandbox"))
+    except SandboxSettingsError as error:
+        raise TenantsFileError(str(error)) from None
+    return TenantTable(tenants, sandbox)
 
 
 def _parse_tenant(name: str, entry) -> TenantRecord:
@@ -164,6 +174,7 @@ def render_tenants(table: TenantTable) -> str:
             lines.append("kernelspecs = [" + ", ".join(_toml_string(k) for k in record.kernelspecs) + "]")
         lines.append(f"admin = {'true' if record.admin else 'false'}")
         lines.append("")
+    lines += render_sandbox_table(table.sandbox)
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ from typing import Callable
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from ..errors import Conflict
@@ -31,11 +32,14 @@ class ExternalKernel:
         ``--own-existing`` is only detached.
     :param relaunch: ``relaunch()`` fires with a new LaunchedKernel started on
         the same connection info; without it, restart is refused (409).
+    :param leftovers: a sandboxed kernel's recorded workspace, ipc directory and
+        cgroups, removed once it is stopped.
     """
 
     def __init__(self, connection_info: dict, clock, pid: int | None = None, start_time: int | None = None,
                  interrupt_mode: str = "signal", owned: bool = True,
-                 relaunch: Callable[[], Deferred] | None = None):
+                 relaunch: Callable[[], Deferred] | None = None, leftovers: dict | None = None):
+        self.leftovers = leftovers
         self._connection_info = connection_info
         self._clock = clock
         self.pid = pid
@@ -96,6 +100,17 @@ class ExternalKernel:
 
     @inlineCallbacks
     def _stop(self, now: bool):
+        try:
+            yield self._stop_process(now)
+        finally:
+            if self.leftovers is not None:
+                from ..sandbox.provisioner import remove_recorded
+
+                leftovers, self.leftovers = self.leftovers, None
+                yield deferToThread(remove_recorded, leftovers)
+
+    @inlineCallbacks
+    def _stop_process(self, now: bool):
         if not now and self._kernel is not None:
             try:
                 yield self._kernel.request("shutdown_request", {"restart": False}, 2, channel="control")
@@ -117,10 +132,25 @@ class ExternalKernel:
     def _signal(self, signum: int) -> None:
         if self.pid is None or not pid_alive(self.pid, self.start_time):
             return
+        if signum == signal.SIGKILL:
+            _kill_children(self.pid)  # a sandbox's PID 1: its death ends everything inside
         try:
             if os.getpgid(self.pid) == self.pid:  # jupyter_client starts kernels in their own group
                 os.killpg(self.pid, signum)
             else:
                 os.kill(self.pid, signum)
         except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _kill_children(pid: int) -> None:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
+            children = [int(child) for child in handle.read().split()]
+    except (OSError, ValueError):
+        return
+    for child in children:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except OSError:
             pass

@@ -65,6 +65,7 @@ class ManagedKernel:
         self.heartbeat_misses = 0
         self.dead_by_heartbeat = False
         self.busy_with: str | None = None  # "restarting" / "shutting down" while one runs
+        self.reason = ""  # why it is dead, when known (jupyter_server's kernel model field)
         self._connect = connect
         self._clock = clock
         self._replay_limit = replay_limit
@@ -104,6 +105,7 @@ class ManagedKernel:
             "last_activity": isoformat(self.last_activity),
             "execution_state": self.execution_state,
             "connections": len(self.clients),
+            **({"reason": self.reason} if self.reason else {}),
         }
 
     # -- kernel -> clients -------------------------------------------------
@@ -223,10 +225,11 @@ class ManagedKernel:
         if replay is not None:
             replay.append(message)
 
-    def broadcast_status(self, state: str) -> None:
-        """Tell every client of a state only the gateway knows (restarting, dead)."""
+    def broadcast_status(self, state: str, reason: str = "") -> None:
+        """Tell every client of a state only the gateway knows (restarting, dead), and why if known."""
         self.execution_state = state
-        self._broadcast(local_message("iopub", status_parts(state, self.id)))
+        self.reason = reason if state == "dead" else ""
+        self._broadcast(local_message("iopub", status_parts(state, self.id, reason)))
 
     # -- clients -> kernel -------------------------------------------------
     def send(self, client, incoming) -> None:

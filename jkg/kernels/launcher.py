@@ -99,7 +99,7 @@ class KernelSpecs:
 
 MAX_RESOURCE_SIZE = 4 * 1024 * 1024
 # Provisioners known to poll without blocking (a Popen.poll()), safe to call on the reactor.
-NON_BLOCKING_PROVISIONERS = frozenset({"LocalProvisioner", "NetnsProvisioner"})
+NON_BLOCKING_PROVISIONERS = frozenset({"LocalProvisioner", "NetnsProvisioner", "SandboxedProvisioner"})
 _SPEC_NAME = re.compile(r"[\w.\-]{1,255}\Z")
 
 
@@ -119,6 +119,11 @@ class LaunchedKernel:
 
     def stderr_tail(self) -> str:
         return self.stderr.tail() if self.stderr is not None else ""
+
+    def death_reason(self) -> str:
+        """Why the process died, when its provisioner knows (a sandbox's memory limit)."""
+        reason = getattr(self._manager.provisioner, "death_reason", None)
+        return reason() if reason is not None else ""
 
     @property
     def connection_info(self) -> dict:
@@ -200,33 +205,41 @@ class KernelLauncher:
     """Makes :class:`LaunchedKernel` objects; the registry's only way to spawn."""
 
     def __init__(self, specs: KernelSpecs, shutdown_wait_time: float = 3.0, independent: bool = False,
-                 reactor=None):
+                 reactor=None, sandboxes=None):
         """
         :param independent: kernels outlive the gateway process (``--keep-kernels-on-exit``);
             otherwise ipykernel watches its parent and exits with it, so even a
             SIGKILLed gateway leaves no orphan kernel behind.
+        :param sandboxes: a :class:`jkg.sandbox.provisioner.Sandboxes`, for launches whose
+            profile asks for bwrap.
         """
         self.specs = specs
         self.shutdown_wait_time = shutdown_wait_time
         self.independent = independent
         self.reactor = reactor
+        self.sandboxes = sandboxes
 
-    def launch(self, kernel_id: str, kernel_name: str, env: dict[str, str]) -> Deferred:
+    def launch(self, kernel_id: str, kernel_name: str, env: dict[str, str], sandbox=None) -> Deferred:
         """Fire with a :class:`LaunchedKernel` once the process is started.
 
         The kernel may not be answering yet; the registry confirms readiness.
+
+        :param sandbox: a :class:`jkg.sandbox.settings.SandboxProfile`, or None.
         """
         manager = _manager(kernel_id, kernel_name, self.specs, self.shutdown_wait_time)
-        return as_deferred(self._launch(manager, kernel_id, env))
+        return as_deferred(self._launch(manager, kernel_id, env, sandbox))
 
-    def relaunch(self, kernel_id: str, kernel_name: str, env: dict[str, str], connection_info: dict) -> Deferred:
+    def relaunch(self, kernel_id: str, kernel_name: str, env: dict[str, str], connection_info: dict,
+                 sandbox=None) -> Deferred:
         """Start a kernel again under the same id and signing key (a reattached kernel's restart)."""
         manager = _manager(kernel_id, kernel_name, self.specs, self.shutdown_wait_time)
         info = dict(connection_info)
         if isinstance(info.get("key"), str):
             info["key"] = info["key"].encode("ascii")
+        if sandbox is not None and sandbox.sandboxed and info.get("transport") == "ipc":
+            info = {k: v for k, v in info.items() if not k.endswith("_port") and k not in ("ip", "transport")}
         manager.load_connection_info(info)
-        return as_deferred(self._launch(manager, kernel_id, env))
+        return as_deferred(self._launch(manager, kernel_id, env, sandbox))
 
     def restore(self, kernel_id: str, kernel_name: str, connection_info: dict, provisioner_info: dict) -> Deferred:
         """Take over a kernel another gateway started on an engine (``--keep-kernels-on-exit``).
@@ -255,7 +268,18 @@ class KernelLauncher:
         await provisioner.poll()  # container provisioners find their container (and its name) here
         return LaunchedKernel(manager)
 
-    async def _launch(self, manager: AsyncKernelManager, kernel_id: str, env: dict) -> LaunchedKernel:
+    async def _launch(self, manager: AsyncKernelManager, kernel_id: str, env: dict, sandbox=None) -> LaunchedKernel:
+        if sandbox is not None and sandbox.sandboxed:
+            from ..sandbox.workspace import SandboxError
+
+            try:
+                if self.sandboxes is None:
+                    raise SandboxError("this kernel must be sandboxed, but no sandbox is available on this host")
+                self.sandboxes.install(manager, kernel_id, sandbox)
+            except (SandboxError, NoSuchKernel) as error:
+                if isinstance(error, NoSuchKernel):
+                    raise UnknownKernelSpec(manager.kernel_name) from None
+                raise KernelLaunchError(f"kernel {manager.kernel_name} cannot be sandboxed: {error}") from None
         try:
             spec = manager.kernel_spec
         except NoSuchKernel:

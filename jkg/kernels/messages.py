@@ -122,9 +122,10 @@ def make_message_parts(msg_type: str, content: dict, session: str, parent: dict 
     return [dumps(make_header(msg_type, session)), dumps(parent or {}), b"{}", dumps(content)]
 
 
-def status_parts(execution_state: str, session: str) -> list:
-    """An iopub ``status`` message the gateway injects (``restarting``, ``dead``, ...)."""
-    return make_message_parts("status", {"execution_state": execution_state}, session)
+def status_parts(execution_state: str, session: str, reason: str = "") -> list:
+    """An iopub ``status`` message the gateway injects (``restarting``, ``dead``, ...), with a reason if known."""
+    content = {"execution_state": execution_state, **({"reason": reason} if reason else {})}
+    return make_message_parts("status", content, session)
 
 
 def local_message(channel: str, parts: list) -> KernelMessage:

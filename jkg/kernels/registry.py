@@ -50,8 +50,10 @@ class KernelRegistry(Service):
 
     name = "kernels"
 
-    def __init__(self, launcher, connect: Callable, config, clock, environ=None, seed_cells=(), store=None):
+    def __init__(self, launcher, connect: Callable, config, clock, environ=None, seed_cells=(), store=None,
+                 sandbox=None):
         self.launcher = launcher
+        self.sandbox = sandbox  # a jkg.sandbox.policy.SandboxPolicy: each launch's profile
         self.seed_cells = list(seed_cells)
         self.store = store
         self.config = config
@@ -123,7 +125,8 @@ class KernelRegistry(Service):
         timeout = launch_timeout(client_env, self.config.kernel_launch_timeout)
         self._starting += 1
         self._starting_for[owner] = self._starting_for.get(owner, 0) + 1
-        d = self._start(name, full_env, timeout, owner)
+        profile = self.sandbox.profile_for(owner, name) if self.sandbox is not None else None
+        d = self._start(name, full_env, timeout, owner, profile)
         self._inflight.add(d)
         began = self._clock.seconds()
 
@@ -141,12 +144,12 @@ class KernelRegistry(Service):
         return d.addBoth(done)
 
     @inlineCallbacks
-    def _start(self, name: str, env: dict, timeout: float, owner: str | None):
-        kernel = yield self._from_pool(name, env, timeout)
+    def _start(self, name: str, env: dict, timeout: float, owner: str | None, profile=None):
+        kernel = yield self._from_pool(name, env, timeout, profile)
         if kernel is not None:
             kernel.last_activity = utcnow()  # handed out now: idle since now, not since it was pooled
         if kernel is None:
-            kernel = yield self._launch_ready(name, env, timeout)
+            kernel = yield self._launch_ready(name, env, timeout, profile)
         kernel.owner = owner
         kernel.env = env
         if self._stopping:
@@ -246,10 +249,14 @@ class KernelRegistry(Service):
             spec = yield self.launcher.specs.get(record.name)
         except UnknownKernelSpec:
             spec = {}
+        sandboxed = "sandbox" in (record.provisioner_info or {})
+        profile = self.sandbox.profile_for(record.owner, record.name) if self.sandbox is not None else None
         launched = ExternalKernel(
             record.connection_info, self._clock, record.pid, record.start_time,
-            interrupt_mode=spec.get("interrupt_mode", "signal"), owned=True,
-            relaunch=lambda: self.launcher.relaunch(record.id, record.name, record.env, record.connection_info))
+            interrupt_mode="message" if sandboxed else spec.get("interrupt_mode", "signal"), owned=True,
+            relaunch=lambda: self.launcher.relaunch(record.id, record.name, record.env, record.connection_info,
+                                                    sandbox=profile),
+            leftovers=record.provisioner_info.get("sandbox") if sandboxed else None)
         kernel = ManagedKernel(record.id, record.name, launched, self._connect, self._clock,
                                self.config.replay_buffer_limit)
         launched.bind(kernel)
@@ -275,9 +282,16 @@ class KernelRegistry(Service):
         self._locks[kernel.id] = DeferredLock()
 
     @inlineCallbacks
-    def _from_pool(self, name: str, env: dict, timeout: float):
-        """A pooled kernel made to look started with ``env``, or None for a fresh start."""
+    def _from_pool(self, name: str, env: dict, timeout: float, profile=None):
+        """A pooled kernel made to look started with ``env``, or None for a fresh start.
+
+        Pooled kernels are sandboxed with the profile of no tenant; they serve
+        only requests whose profile is the same (one-off workspaces, same uid,
+        network and limits).
+        """
         if self.pool is None or name not in self.pool.sizes:
+            return None
+        if profile is not None and not self.sandbox.poolable(profile, self.sandbox.profile_for(None, name)):
             return None
         missing = env_injection(self.base_env, env)
         kernel = self.pool.take(name)
@@ -299,14 +313,15 @@ class KernelRegistry(Service):
         return kernel
 
     def _launch_pooled(self, name: str) -> Deferred:
-        return self._launch_ready(name, dict(self.base_env), self.config.kernel_launch_timeout)
+        profile = self.sandbox.profile_for(None, name) if self.sandbox is not None else None
+        return self._launch_ready(name, dict(self.base_env), self.config.kernel_launch_timeout, profile)
 
     @inlineCallbacks
-    def _launch_ready(self, name: str, env: dict, timeout: float):
+    def _launch_ready(self, name: str, env: dict, timeout: float, profile=None):
         """Launch, confirm readiness and run the seed notebook; leave nothing running on failure."""
         kernel_id = str(uuid.uuid4())
         spec = yield self.launcher.specs.get(name)  # UnknownKernelSpec -> 404 before any process exists
-        launched = yield self.launcher.launch(kernel_id, name, env)
+        launched = yield self.launcher.launch(kernel_id, name, env, sandbox=profile)
         kernel = ManagedKernel(kernel_id, name, launched, self._connect, self._clock, self.config.replay_buffer_limit)
         kernel.language = (spec or {}).get("language", "")
         try:
@@ -474,6 +489,12 @@ class KernelRegistry(Service):
                 kernel.seen_alive()
             return
         kernel.died()
+        reason = kernel.launched.death_reason() if hasattr(kernel.launched, "death_reason") else ""
+        if reason:
+            log.error("kernel {id} is dead: {reason}", id=kernel.id, reason=reason)
+            kernel.channels.close()
+            kernel.broadcast_status("dead", reason)
+            return
         if not getattr(kernel.launched, "can_restart", True):
             log.warn("kernel {id}, started outside jkg, died", id=kernel.id)
             kernel.channels.close()
