@@ -1,0 +1,380 @@
+"""Kernels in bubblewrap: the attacks of issue 10, run from inside tenants' kernels, must not escape.
+
+Every test drives real kernels through a real gateway over WebSocket and
+asserts what the tenant's code can (and cannot) see or do.  The suite
+installs bubblewrap where it is missing and skips, saying why, only where
+this machine cannot make namespaces.
+"""
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import requests
+
+from jkg.auth.tenants import hash_token
+from support import TWISTD, GatewayProcess, children_of, pid_alive, stdout_of
+
+ADMIN = "sandbox-admin-token-0d9c"
+TOKENS = {"alice": "alice-token-7f3a9b", "bob": "bob-token-21c4e8", "hog": "hog-token-99aa01",
+          "rooty": "rooty-token-5e5e5e"}
+TENANTS = """
+[tenants.alice]
+tokens = ["{alice}"]
+[tenants.bob]
+tokens = ["{bob}"]
+[tenants.hog]
+tokens = ["{hog}"]
+[tenants.rooty]
+tokens = ["{rooty}"]
+[tenants.ops]
+tokens = ["{ops}"]
+admin = true
+
+[sandbox.tenants.bob]
+network = "none"
+[sandbox.tenants.hog]
+memory = "160M"
+processes = 40
+[sandbox.tenants.rooty]
+uid = 0
+"""
+
+
+@pytest.fixture(scope="session")
+def bwrap():
+    """bubblewrap installed (by apt-get if missing) and able to make namespaces here."""
+    if shutil.which("bwrap") is None and shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "-o", "DPkg::Lock::Timeout=600", "bubblewrap"],
+                       capture_output=True, timeout=900, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    from jkg.sandbox.host import probe_host
+
+    host = probe_host()
+    if not host.available:
+        pytest.skip(f"no kernel sandbox on this machine: {host.problem}")
+    return host
+
+
+@pytest.fixture(scope="module")
+def gateway(bwrap, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sandbox")
+    tenants = root / "tenants.toml"
+    tenants.write_text(TENANTS.format(ops=hash_token(ADMIN), **{k: hash_token(v) for k, v in TOKENS.items()}))
+    tenants.chmod(0o600)
+    process = GatewayProcess("--tenants", str(tenants), env={"KG_AUTH_TOKEN": ADMIN}).start()
+    process.tenants_file = str(tenants)
+    try:
+        yield process
+    finally:
+        kernels = children_of(process.process.pid)
+        process.stop()
+    assert not [pid for pid in kernels if pid_alive(pid)], "sandboxed kernels survived the gateway"
+
+
+class Tenant:
+    def __init__(self, gateway, name):
+        self.gateway, self.name, self.token = gateway, name, TOKENS.get(name, ADMIN)
+
+    def request(self, method, path, **kwargs):
+        return requests.request(method, self.gateway.url + path, headers={"Authorization": f"token {self.token}"},
+                                timeout=120, **kwargs)
+
+    def start(self):
+        response = self.request("POST", "/api/kernels", json={})
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    def run(self, kernel_id, code, timeout=60):
+        self.gateway.token = self.token
+        with self.gateway.connect(kernel_id) as client:
+            messages = client.run(textwrap.dedent(code), timeout)
+        errors = [m["content"] for m in messages if m["msg_type"] == "error"]
+        assert not errors, errors
+        return stdout_of(messages)
+
+    def shutdown(self, kernel_id):
+        assert self.request("DELETE", f"/api/kernels/{kernel_id}").status_code == 204
+
+
+@pytest.fixture(scope="module")
+def kernels(gateway):
+    """One kernel of alice (full network) and one of bob (no network), shared by the attacks."""
+    alice, bob = Tenant(gateway, "alice"), Tenant(gateway, "bob")
+    ids = {"alice": alice.start(), "bob": bob.start()}
+    yield ids
+    alice.shutdown(ids["alice"])
+    bob.shutdown(ids["bob"])
+
+
+def _own_connection(tenant, kernel_id):
+    """What a kernel knows of itself: its connection file path and contents."""
+    out = tenant.run(kernel_id, """
+        import json, sys
+        path = sys.argv[sys.argv.index("-f") + 1]
+        print(json.dumps({"path": path, "info": json.load(open(path))}))
+    """)
+    return json.loads(out)
+
+
+def test_kernel_runs_unprivileged_in_its_own_pid_namespace(gateway, kernels):
+    out = Tenant(gateway, "alice").run(kernels["alice"], """
+        import os
+        print(os.getuid(), os.getgid(), os.getcwd(), os.environ["HOME"])
+        print(sorted(int(p) for p in os.listdir("/proc") if p.isdigit()))
+    """)
+    ids, pids = out.splitlines()
+    uid, gid, cwd, home = ids.split()
+    assert uid != "0" and gid != "0"
+    assert cwd == home == "/home/kernel"
+    assert len(json.loads(pids)) <= 3  # bwrap's init, the kernel, maybe a helper: no gateway, no other kernel
+
+
+def test_state_database_tenants_file_and_runtime_dir_are_invisible(gateway, kernels):
+    state = os.path.join(gateway.runtime_dir, "jkg-state.sqlite")
+    assert os.path.exists(state)
+    out = Tenant(gateway, "bob").run(kernels["bob"], f"""
+        import os
+        for path in [{state!r}, {gateway.tenants_file!r}]:
+            try:
+                open(path, "rb").read(16)
+                print("READ", path)
+            except OSError as error:
+                print("denied", type(error).__name__)
+        for folder in [{gateway.runtime_dir!r}, {os.path.dirname(gateway.tenants_file)!r}]:
+            try:
+                print("listing", sorted(n for n in os.listdir(folder) if "state" in n or "tenants" in n))
+            except OSError as error:
+                print("denied", type(error).__name__)
+    """)
+    assert "READ" not in out
+    assert "sqlite" not in out and "tenants.toml" not in out
+
+
+def test_another_kernels_connection_file_key_and_workspace_are_out_of_reach(gateway, kernels):
+    alice, bob = Tenant(gateway, "alice"), Tenant(gateway, "bob")
+    own = _own_connection(alice, kernels["alice"])
+    alice.run(kernels["alice"], "open('secret.txt', 'w').write('alice-secret-42')")
+    workspace = os.path.join(gateway.runtime_dir, "jkg-workspaces", "kernels", kernels["alice"])
+    assert os.path.isfile(os.path.join(workspace, "secret.txt"))
+    out = bob.run(kernels["bob"], f"""
+        import os, subprocess
+        for path in [{own['path']!r}, {workspace + '/secret.txt'!r}]:
+            try:
+                print("READ", open(path).read()[:40])
+            except OSError as error:
+                print("denied", type(error).__name__)
+        found = subprocess.run(["grep", "-rls", {own['info']['key']!r}, "/tmp", "/run", "/home", "/root",
+                                "/var/tmp", "/dev/shm"], capture_output=True, text=True).stdout
+        print("key found in", found.split())
+    """)
+    assert "READ" not in out
+    assert "key found in []" in out
+
+
+def test_a_stolen_key_does_not_reach_another_kernel_without_network(gateway, kernels):
+    """Even handed alice's whole connection info, bob's kernel (network none) cannot talk to hers."""
+    own = _own_connection(Tenant(gateway, "alice"), kernels["alice"])
+    out = Tenant(gateway, "bob").run(kernels["bob"], f"""
+        from jupyter_client import BlockingKernelClient
+        client = BlockingKernelClient()
+        client.load_connection_info({own['info']!r})
+        client.start_channels()
+        try:
+            reply = client.execute_interactive("print('escaped')", timeout=5)
+            print("ANSWERED", reply["content"]["status"])
+        except Exception as error:
+            print("no answer", type(error).__name__)
+        finally:
+            client.stop_channels()
+    """, timeout=90)
+    assert "ANSWERED" not in out and "no answer" in out
+
+
+def test_the_gateway_is_neither_visible_nor_signalable(gateway, kernels):
+    pid = gateway.process.pid
+    out = Tenant(gateway, "alice").run(kernels["alice"], f"""
+        import os, signal, glob
+        leaks = []
+        for path in glob.glob("/proc/*/environ") + glob.glob("/proc/*/cmdline"):
+            try:
+                if {ADMIN!r}.encode() in open(path, "rb").read():
+                    leaks.append(path)
+            except OSError:
+                pass
+        print("leaks", leaks)
+        try:
+            os.kill({pid}, signal.SIGTERM)
+            print("SIGNALLED")
+        except OSError as error:
+            print("kill", type(error).__name__)
+        print("parent visible", os.path.exists("/proc/{pid}/environ"))
+    """)
+    assert "leaks []" in out
+    assert "SIGNALLED" not in out
+    assert gateway.process.poll() is None
+    assert gateway.request("GET", "/api").status_code == 200
+
+
+def test_no_network_kernel_cannot_reach_the_host_but_works_through_jkg(gateway, kernels):
+    bob = Tenant(gateway, "bob")
+    out = bob.run(kernels["bob"], f"""
+        import socket
+        s = socket.socket()
+        s.settimeout(3)
+        print("connect", s.connect_ex(("127.0.0.1", {gateway.port})))
+        print(6 * 7)
+    """)
+    assert "connect 0" not in out and "42" in out
+    gateway.token = bob.token
+    with gateway.connect(kernels["bob"]) as client:  # stdin and interrupt go through ipc as well
+        msg_id = client.execute("print(input('name? '))", allow_stdin=True)
+        request = client.wait_for(lambda m: m["msg_type"] == "input_request")
+        client.send("stdin", "input_reply", {"value": "bob"}, parent=request["header"])
+        assert "bob" in stdout_of(client.collect(msg_id))
+        msg_id = client.execute("import time; time.sleep(60)")
+        client.wait_for(lambda m: m["msg_type"] == "status" and m["content"]["execution_state"] == "busy")
+        assert bob.request("POST", f"/api/kernels/{kernels['bob']}/interrupt").status_code == 204
+        replies = client.collect(msg_id, timeout=30)
+        assert any(m["msg_type"] == "execute_reply" and m["content"]["status"] == "error" for m in replies)
+    response = bob.request("POST", f"/api/kernels/{kernels['bob']}/restart")
+    assert response.status_code == 200, response.text
+    assert "restarted" in bob.run(kernels["bob"], "print('restarted')")
+
+
+def test_workspace_is_made_for_the_kernel_and_removed_with_it(gateway):
+    alice = Tenant(gateway, "alice")
+    kernel_id = alice.start()
+    workspace = os.path.join(gateway.runtime_dir, "jkg-workspaces", "kernels", kernel_id)
+    info = os.stat(workspace)
+    assert stat.S_IMODE(info.st_mode) == 0o700 and info.st_uid != 0
+    alice.run(kernel_id, "open('notes.txt', 'w').write('x')")
+    alice.shutdown(kernel_id)
+    assert not os.path.exists(workspace)
+
+
+def test_memory_hog_is_killed_and_reported_dead_with_the_reason(gateway):
+    hog = Tenant(gateway, "hog")
+    kernel_id = hog.start()
+    gateway.token = hog.token
+    with gateway.connect(kernel_id) as client:
+        client.execute("blocks = [b'x' * (1 << 20) for _ in range(600)]")
+        status = client.wait_for(lambda m: m["msg_type"] == "status"
+                                 and m["content"]["execution_state"] == "dead", timeout=60)
+    assert "out of memory" in status["content"]["reason"]
+    model = hog.request("GET", f"/api/kernels/{kernel_id}").json()
+    assert model["execution_state"] == "dead" and "out of memory" in model["reason"]
+    hog.shutdown(kernel_id)
+    assert not os.path.exists(os.path.join(gateway.runtime_dir, "jkg-workspaces", "kernels", kernel_id))
+
+
+def test_fork_bomb_is_contained(gateway):
+    hog = Tenant(gateway, "hog")
+    kernel_id = hog.start()
+    out = hog.run(kernel_id, """
+        import os, time
+        children, failure = [], None
+        for _ in range(500):
+            try:
+                pid = os.fork()
+            except OSError as error:
+                failure = type(error).__name__
+                break
+            if pid == 0:
+                time.sleep(60)
+                os._exit(0)
+            children.append(pid)
+        for pid in children:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        print(len(children), failure)
+    """, timeout=120)
+    count, failure = out.split()
+    assert int(count) < 40 and failure == "BlockingIOError"
+    assert "still here" in hog.run(kernel_id, "print('still here')")
+    hog.shutdown(kernel_id)
+
+
+def test_a_kernel_that_cannot_be_sandboxed_fails_with_500_and_leaves_nothing(gateway):
+    rooty = Tenant(gateway, "rooty")
+    before = set(os.listdir(os.path.join(gateway.runtime_dir, "jkg-workspaces", "kernels")))
+    response = rooty.request("POST", "/api/kernels", json={})
+    assert response.status_code == 500
+    assert "root" in response.json()["message"]
+    assert set(os.listdir(os.path.join(gateway.runtime_dir, "jkg-workspaces", "kernels"))) == before
+    assert rooty.request("GET", "/api/kernels").json() == []
+
+
+def test_auto_refuses_to_start_with_tenants_but_no_sandbox(tmp_path, gateway):
+    env = {**os.environ, "PATH": str(tmp_path), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")}
+    command = [*TWISTD, "-n", "--pidfile=", "jkg", "--port", "0", "--tenants", gateway.tenants_file]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refusing to start" in lines[0] and "--sandbox none" in lines[0]
+
+
+def test_token_file_must_be_private(tmp_path):
+    path = tmp_path / "token"
+    path.write_text("file-token-abc\n")
+    path.chmod(0o644)
+    command = [*TWISTD, "-n", "--pidfile=", "jkg", "--port", "0", "--auth-token-file", str(path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)})
+    assert result.returncode == 2 and "readable by others" in result.stderr
+    path.chmod(0o600)
+    with GatewayProcess(env={"KG_AUTH_TOKEN_FILE": str(path)}) as gateway:
+        assert gateway.request("GET", "/api/kernels").status_code == 401
+        gateway.token = "file-token-abc"
+        assert gateway.request("GET", "/api/kernels").status_code == 200
+        assert "file-token-abc" not in open(f"/proc/{gateway.process.pid}/cmdline").read()
+        assert "file-token-abc" not in open(f"/proc/{gateway.process.pid}/environ").read()
+
+
+def test_make_non_dumpable_takes_effect():
+    code = ("import ctypes, ctypes.util; from jkg.secrets import make_non_dumpable; ok = make_non_dumpable(); "
+            "libc = ctypes.CDLL(ctypes.util.find_library('c')); print(ok, libc.prctl(3, 0, 0, 0, 0))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["True", "0"], result.stderr
+
+
+def test_warm_pool_seed_and_reattach_stay_sandboxed(bwrap, tmp_path):
+    """Pooled kernels are sandboxed; with --keep-kernels-on-exit a restarted gateway reattaches one."""
+    seed = tmp_path / "seed.ipynb"
+    seed.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "code", "metadata": {}, "source": "SEEDED = 'yes'", "outputs": [], "execution_count": None}]}))
+    state = str(tmp_path / "state.sqlite")
+    args = ("--sandbox", "bwrap", "--prespawn-count", "1", "--seed-uri", str(seed), "--keep-kernels-on-exit",
+            "--state-db", state)
+    first = GatewayProcess(*args).start()
+    try:
+        deadline = time.monotonic() + 60
+        while "pooled kernel" not in first.output.decode(errors="replace") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        kernel_id = first.start_kernel()["id"]
+        with first.connect(kernel_id) as client:
+            out = stdout_of(client.run("import os; print(SEEDED, os.getuid(), os.getcwd())"))
+        assert out.split() == ["yes", "65534" if os.geteuid() == 0 else str(os.geteuid()), "/home/kernel"]
+    finally:
+        first.stop()
+    second = GatewayProcess(*args[:-2], "--state-db", state).start()
+    try:
+        deadline = time.monotonic() + 30
+        while kernel_id not in [k["id"] for k in second.request("GET", "/api/kernels").json()]:
+            assert time.monotonic() < deadline, second.output.decode(errors="replace")
+            time.sleep(0.3)
+        with second.connect(kernel_id) as client:
+            assert stdout_of(client.run("print(SEEDED)")).strip() == "yes"
+        workspace = os.path.join(second.runtime_dir, "jkg-workspaces", "kernels", kernel_id)
+        first_workspace = os.path.join(first.runtime_dir, "jkg-workspaces", "kernels", kernel_id)
+        assert os.path.isdir(first_workspace) or os.path.isdir(workspace)
+        assert second.request("DELETE", f"/api/kernels/{kernel_id}").status_code == 204
+        assert not os.path.exists(first_workspace)
+    finally:
+        kernels = children_of(second.process.pid)
+        second.stop()
+    assert not [pid for pid in kernels if pid_alive(pid)]
