@@ -350,7 +350,8 @@ def test_warm_pool_seed_and_reattach_stay_sandboxed(bwrap, tmp_path):
     state = str(tmp_path / "state.sqlite")
     args = ("--sandbox", "bwrap", "--prespawn-count", "1", "--seed-uri", str(seed), "--keep-kernels-on-exit",
             "--state-db", state)
-    first = GatewayProcess(*args).start()
+    runtime = {"JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}  # shared, as by one service restarted
+    first = GatewayProcess(*args, env=runtime).start()
     try:
         deadline = time.monotonic() + 60
         while "pooled kernel" not in first.output.decode(errors="replace") and time.monotonic() < deadline:
@@ -361,7 +362,7 @@ def test_warm_pool_seed_and_reattach_stay_sandboxed(bwrap, tmp_path):
         assert out.split() == ["yes", "65534" if os.geteuid() == 0 else str(os.geteuid()), "/home/kernel"]
     finally:
         first.stop()
-    second = GatewayProcess(*args[:-2], "--state-db", state).start()
+    second = GatewayProcess(*args, env=runtime).start()
     try:
         deadline = time.monotonic() + 30
         while kernel_id not in [k["id"] for k in second.request("GET", "/api/kernels").json()]:
@@ -369,11 +370,10 @@ def test_warm_pool_seed_and_reattach_stay_sandboxed(bwrap, tmp_path):
             time.sleep(0.3)
         with second.connect(kernel_id) as client:
             assert stdout_of(client.run("print(SEEDED)")).strip() == "yes"
-        workspace = os.path.join(second.runtime_dir, "jkg-workspaces", "kernels", kernel_id)
-        first_workspace = os.path.join(first.runtime_dir, "jkg-workspaces", "kernels", kernel_id)
-        assert os.path.isdir(first_workspace) or os.path.isdir(workspace)
+        workspace = os.path.join(runtime["JUPYTER_RUNTIME_DIR"], "jkg-workspaces", "kernels", kernel_id)
+        assert os.path.isdir(workspace)
         assert second.request("DELETE", f"/api/kernels/{kernel_id}").status_code == 204
-        assert not os.path.exists(first_workspace)
+        assert not os.path.exists(workspace)
     finally:
         kernels = children_of(second.process.pid)
         second.stop()
