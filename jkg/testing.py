@@ -252,7 +252,7 @@ class FakeLauncher:
         self.pending: list[tuple[Deferred, FakeLaunchedKernel]] = []
         self.launched: list[FakeLaunchedKernel] = []
 
-    def launch(self, kernel_id, kernel_name, env):
+    def launch(self, kernel_id, kernel_name, env, sandbox=None):
         launched = FakeLaunchedKernel()
         launched.env = env
         d = Deferred()
