@@ -112,3 +112,12 @@ def listening_ports(pid: int) -> set[int]:
         except (OSError, ValueError):
             continue
     return ports
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (for a sandbox's bwrap: PID 1 of its namespace)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
+            return [int(child) for child in handle.read().split()]
+    except (OSError, ValueError):
+        return []

@@ -20,7 +20,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from ..errors import Conflict
-from ..procfs import pid_alive
+from ..procfs import children, pid_alive
 
 log = Logger()
 
@@ -144,12 +144,7 @@ class ExternalKernel:
 
 
 def _kill_children(pid: int) -> None:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
-            children = [int(child) for child in handle.read().split()]
-    except (OSError, ValueError):
-        return
-    for child in children:
+    for child in children(pid):
         try:
             os.kill(child, signal.SIGKILL)
         except OSError:

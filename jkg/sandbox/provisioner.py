@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from jupyter_client.provisioning import LocalProvisioner
 from twisted.logger import Logger
 
+from ..procfs import children
 from .argv import SandboxPlan, bwrap_argv
 from .host import HostSupport
 from .limits import Cgroups, KernelCgroup, describe_enforcement, make_preexec, rlimits_for
@@ -173,14 +174,8 @@ class SandboxedProvisioner(LocalProvisioner):
     def _namespace_init(self) -> int | None:
         """bwrap's child: PID 1 of the kernel's namespace; killing it ends every process inside."""
         pid = getattr(self.process, "pid", None)
-        if pid is None:
-            return None
-        try:
-            with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
-                children = handle.read().split()
-        except OSError:
-            return None
-        return int(children[0]) if children else None
+        found = children(pid) if pid is not None else []
+        return found[0] if found else None
 
     async def kill(self, restart: bool = False) -> None:
         init = self._namespace_init()
