@@ -121,3 +121,23 @@ def children(pid: int) -> list[int]:
             return [int(child) for child in handle.read().split()]
     except (OSError, ValueError):
         return []
+
+
+def cgroup_v1_location(controller: str) -> tuple[str, str] | None:
+    """(mount point, this process's cgroup path) of a cgroup v1 controller, or None."""
+    mount = None
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as handle:
+            for line in handle:
+                parts = line.split()
+                if len(parts) > 3 and parts[2] == "cgroup" and controller in parts[3].split(","):
+                    mount = parts[1]
+                    break
+        with open("/proc/self/cgroup", encoding="utf-8") as handle:
+            for line in handle:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controller in controllers.split(","):
+                    return (mount, path) if mount else None
+    except (OSError, ValueError):
+        return None
+    return None

@@ -17,29 +17,10 @@ import os
 import resource
 from dataclasses import dataclass
 
+from ..procfs import cgroup_v1_location
 from .settings import Limits
 
 _ROOT = "/sys/fs/cgroup"
-
-
-def _v1_paths(controller: str) -> tuple[str, str] | None:
-    """(mount point, this process's path) of a cgroup v1 controller."""
-    mount = None
-    try:
-        with open("/proc/self/mounts", encoding="utf-8") as handle:
-            for line in handle:
-                parts = line.split()
-                if len(parts) > 3 and parts[2] == "cgroup" and controller in parts[3].split(","):
-                    mount = parts[1]
-                    break
-        with open("/proc/self/cgroup", encoding="utf-8") as handle:
-            for line in handle:
-                _, controllers, path = line.rstrip("\n").split(":", 2)
-                if controller in controllers.split(","):
-                    return (mount, path) if mount else None
-    except OSError:
-        return None
-    return None
 
 
 class Cgroups:
@@ -63,10 +44,11 @@ class Cgroups:
             return cls._detect_v2(tag)
         bases = {}
         for controller in ("memory", "pids"):
-            found = _v1_paths(controller)
+            found = cgroup_v1_location(controller)
             if found is None:
                 continue
             base = os.path.join(found[0], found[1].lstrip("/"), tag)
+            _remove_stale_siblings(base)
             try:
                 os.makedirs(base, exist_ok=True)
                 probe = os.path.join(base, "probe")
@@ -80,6 +62,7 @@ class Cgroups:
     @classmethod
     def _detect_v2(cls, tag: str) -> "Cgroups | None":
         base = os.path.join(_ROOT, tag)
+        _remove_stale_siblings(base)
         try:
             with open(os.path.join(_ROOT, "cgroup.controllers"), encoding="ascii") as handle:
                 available = set(handle.read().split())
@@ -121,6 +104,22 @@ class Cgroups:
         for base in set(self.bases.values()):
             try:
                 os.rmdir(base)
+            except OSError:
+                pass
+
+
+def _remove_stale_siblings(base: str) -> None:
+    """Empty ``jkg-<pid>`` cgroups of gateways that are gone (killed, or failed after startup)."""
+    parent = os.path.dirname(base)
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        prefix, _, pid = name.partition("-")
+        if prefix == "jkg" and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                os.rmdir(os.path.join(parent, name))  # fails, as it should, while kernels remain inside
             except OSError:
                 pass
 
