@@ -207,14 +207,16 @@ def test_tenants_need_credentials_and_hold_at_most_their_quota(tmp_path):
     write_notebook(notebook, "import json, os, time",
                    "# GET /sleep\ntime.sleep(float(json.loads(REQUEST)['args']['s'][0]))\nprint(os.getpid())")
     process = GatewayProcess("--api", "notebook-http", "--seed-uri", str(notebook), "--tenants", path,
-                             "--state-db", "none", "--prespawn-count", "3", "--notebook-max-kernels", "3").start()
+                             "--state-db", "none", "--prespawn-count", "3", "--notebook-max-kernels", "3",
+                             "--base-url", "/svc").start()
     try:
-        url = process.url + "/sleep?s=0"
+        url = process.url + "/svc/sleep?s=0"
         assert get(url).status_code == 401
         assert get(url, headers={"Authorization": "token wrong"}).status_code == 401
         wait_for(lambda: get(url, headers={"Authorization": f"token {bob}"}).ok, timeout=90)
         as_alice = {"Authorization": f"token {alice}"}
-        slow = process.url + "/sleep?s=1.5"
+        assert get(process.url + "/sleep?s=0", headers={"Authorization": f"token {bob}"}).status_code == 404
+        slow = process.url + "/svc/sleep?s=1.5"
         started = time.monotonic()
         with ThreadPoolExecutor(3) as executor:
             futures = [executor.submit(get, slow, headers=as_alice) for _ in range(2)]

@@ -239,8 +239,9 @@ class KernelPool:
         self._spawn_failed(failure.value)
 
     def _spawn_failed(self, error: Exception) -> None:
+        if str(error) != str(self.last_error):  # once per kind of failure, not once per waiting request
+            log.error("{pool}: could not start a kernel: {error}", pool=self.name, error=error)
         self.last_error = error
-        log.error("{pool}: could not start a kernel: {error}", pool=self.name, error=error)
         if self.size == 0:  # nothing will ever serve the queue: tell the waiters now
             self._tell_first(error)
             waiters, self.waiters = list(self.waiters), deque()
