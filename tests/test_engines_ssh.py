@@ -74,6 +74,10 @@ def test_kernel_on_the_ssh_host(gateway, ssh_host):
             assert gateway.request("POST", f"/api/kernels/{model['id']}/interrupt").status_code == 204
             errors = [m for m in client.collect(msg_id, timeout=30) if m["msg_type"] == "error"]
             assert errors and errors[0]["content"]["ename"] == "KeyboardInterrupt"
+            assert gateway.request("POST", f"/api/kernels/{model['id']}/restart").status_code == 200
+            after = json.loads(stdout_of(client.run(FACTS)))
+            running = ssh_host.kernel_pids()  # the launcher and its listener process
+            assert facts["pid"] not in running and after["pid"] in running and len(running) <= 2
     finally:
         started = time.monotonic()
         assert gateway.request("DELETE", f"/api/kernels/{model['id']}").status_code == 204
