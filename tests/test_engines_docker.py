@@ -128,6 +128,9 @@ def setup(docker_engine, tmp_path_factory):
     _write_spec(share, "docker-python", container_spec(docker_engine.image, network=docker_engine.network))
     _write_spec(share, "docker-missing", container_spec("jkg-kernel:absent"))
     _write_spec(share, "docker-exits", container_spec("jkg-kernel:exits"))
+    k8s = container_spec(docker_engine.image)  # what jupyter-k8s-spec writes, in the parts that matter here
+    k8s["metadata"]["kernel_provisioner"]["provisioner_name"] = "kubernetes-provisioner"
+    _write_spec(share, "k8s-python", k8s)
     subprocess.run([shutil_docker(), "build", "-q", "-t", "jkg-kernel:exits", "-"], env=docker_engine.env,
                    input=f'FROM {docker_engine.image}\nCMD ["/bin/sh", "-c", "echo boom: no kernel here; exit 3"]\n',
                    capture_output=True, text=True, timeout=120, check=True)
@@ -135,7 +138,7 @@ def setup(docker_engine, tmp_path_factory):
     tenants.write_text(f"""
 [tenants.alice]
 tokens = ["{hash_token(ALICE)}"]
-kernelspecs = ["docker-python", "docker-missing", "docker-exits"]
+kernelspecs = ["docker-python", "docker-missing", "docker-exits", "k8s-python"]
 """)
     return {"share": share, "tenants": tenants, "root": root}
 
@@ -193,7 +196,7 @@ def test_tenant_is_pinned_to_the_container_kernelspec(gateway, kernel):
     assert kernel["name"] == "docker-python"
     assert gateway.request("POST", "/api/kernels", json={"name": "python3"}).status_code == 404  # not hers
     names = set(gateway.request("GET", "/api/kernelspecs").json()["kernelspecs"])
-    assert names == {"docker-python", "docker-missing", "docker-exits"}
+    assert names == {"docker-python", "docker-missing", "docker-exits", "k8s-python"}
 
 
 def test_kernel_runs_in_a_container(gateway, kernel, docker_engine):
@@ -268,6 +271,12 @@ def test_container_that_exits_at_start(gateway, docker_engine):
     message = _failed_start(gateway, "docker-exits", 20)
     assert "exited at start" in message and "boom: no kernel here" in message, message
     assert not docker_engine.containers()
+
+
+def test_kubernetes_kernelspec_without_a_cluster(gateway):
+    # Kubernetes cannot run here: the same provisioner interface, and a clear 500 naming what is missing
+    message = _failed_start(gateway, "k8s-python", 30)
+    assert "kubernetes" in message.lower(), message
 
 
 def test_engine_down(setup, docker_engine):
