@@ -344,6 +344,19 @@ OPTIONS: tuple[Option, ...] = (
            "(sets GP_REMOTE_HOSTS).", ("JKG_REMOTE_HOSTS", "GP_REMOTE_HOSTS")),
     Option("remote_user", "", _text, "SSH user for the distributed provisioner (sets GP_REMOTE_USER).",
            ("JKG_REMOTE_USER", "GP_REMOTE_USER")),
+    Option("max_kernel_frame_size", "", _optional_limit, "Largest ZeroMQ frame accepted from a kernel, in bytes; "
+           "a kernel sending a larger one has that connection dropped (empty: --max-message-size).",
+           ("JKG_MAX_KERNEL_FRAME_SIZE",)),
+    Option("max_kernel_message_size", "", _optional_limit, "Largest message (all frames) accepted from a kernel, "
+           "in bytes; also what one kernel connection may hold while a message arrives (empty: "
+           "--max-message-size).", ("JKG_MAX_KERNEL_MESSAGE_SIZE",)),
+    Option("max_kernel_frames", "1024", _non_negative_int, "Most frames in one message from a kernel "
+           "(0 means no limit).", ("JKG_MAX_KERNEL_FRAMES",)),
+    Option("max_client_buffers", "1024", _non_negative_int, "Most binary buffers in one WebSocket message from a "
+           "client (0 means no limit).", ("JKG_MAX_CLIENT_BUFFERS",)),
+    Option("client_partial_limit", str(512 * 1024 * 1024), _non_negative_int, "Bytes of large WebSocket messages "
+           "still arriving, over all clients; a frame that does not fit is refused (close 1009) "
+           "(0 means no limit).", ("JKG_CLIENT_PARTIAL_LIMIT",)),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
@@ -440,6 +453,11 @@ class GatewayConfig:
     response_port: int = 8877
     remote_hosts: tuple[str, ...] = ()
     remote_user: str = ""
+    max_kernel_frame_size: int | None = None
+    max_kernel_message_size: int | None = None
+    max_kernel_frames: int = 1024
+    max_client_buffers: int = 1024
+    client_partial_limit: int = 512 * 1024 * 1024
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -454,6 +472,12 @@ class GatewayConfig:
     def listen_endpoints(self) -> tuple[str, ...]:
         """:attr:`endpoints` with ``mode=`` added to ``unix:`` ones that do not set it."""
         return tuple(with_socket_mode(e, self.unix_socket_mode) for e in self.endpoints)
+    def kernel_read_limits(self) -> tuple[int, int, int]:
+        """``(largest frame, largest message, most frames)`` from a kernel; 0 and None mean no limit."""
+        unlimited = 1 << 34
+        tied = self.max_message_size or unlimited
+        return (self.max_kernel_frame_size or tied, self.max_kernel_message_size or tied,
+                self.max_kernel_frames or unlimited)
 
     @property
     def has_credentials(self) -> bool:

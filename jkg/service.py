@@ -183,7 +183,9 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     from .auth.revocation import CLOSE_REVOKED, revoked
     from .auth.service import TenantsService
     from .kernels.channels import KernelChannels
+    from .kernels.errorlog import ProtocolErrorLog
     from .kernels.zmtp import make_factory
+    from .kernels.zmtp_wire import ReadLimits
     from .kernels.launcher import KernelLauncher, KernelSpecs
     from .kernels.registry import KernelRegistry
     from .kernels.seed import read_seed
@@ -196,7 +198,8 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     from .web.guard import ConnectionGuard, connection_limit, raise_descriptor_limit
     from .web.site import GatewaySite, make_root_resource
 
-    zmq_factory = make_factory(reactor)
+    zmq_factory = make_factory(reactor, ReadLimits(*config.kernel_read_limits),
+                               ProtocolErrorLog(reactor, config.protocol_error_log_interval))
     sandboxes, base_profile = make_sandboxes(config)
 
     def connect(connection_info, on_message):

@@ -181,13 +181,24 @@ def encode_v1(channel: str, parts: Sequence[bytes]) -> bytes:
     return b"".join(encode_v1_pieces(channel, parts))
 
 
-def decode_v1(frame: bytes) -> tuple[str, list[bytes]]:
+def _check_buffer_count(buffers: int, max_buffers: int | None) -> None:
+    """Refuse a frame announcing more buffers than allowed, before its offset table is read.
+
+    Millions of empty buffers in one frame cost nothing to send but seconds
+    of CPU and gigabytes downstream (each becomes a ZMTP frame to the kernel).
+    """
+    if max_buffers is not None and buffers > max_buffers:
+        raise WireError(f"message of {buffers} buffers (the limit is {max_buffers})")
+
+
+def decode_v1(frame: bytes, max_buffers: int | None = None) -> tuple[str, list[bytes]]:
     """Split a v1 frame into ``(channel, parts)``, validating the layout strictly.
 
     The offsets must start right after the table, never go backwards and end at the frame
     end, with a known channel and at least four parts: a corrupt or hostile frame fails
     here rather than as a confusing kernel error.
 
+    :param max_buffers: most buffers (parts after the four JSON ones); ``None``: no limit.
     :raises WireError: for anything that is not a well-formed v1 frame.
     """
     frame = _as_bytes(frame, "v1")
@@ -197,6 +208,7 @@ def decode_v1(frame: bytes) -> tuple[str, list[bytes]]:
     (count,) = _U64.unpack_from(frame)
     if count < 6:
         raise WireError("frame needs a channel and at least 4 message parts")
+    _check_buffer_count(count - 6, max_buffers)
     table_end = 8 * (count + 1)
     if table_end > size:
         raise WireError("offset table truncated")
@@ -253,12 +265,16 @@ def encode_legacy_pieces(channel: str, parts: Sequence[bytes], msg_id: str,
     return [table, *pieces, *buffers], True
 
 
-def decode_client_v1(frame: bytes) -> IncomingMessage:
+def decode_client_v1(frame: bytes, max_buffers: int | None = None, max_size: int | None = None) -> IncomingMessage:
     """Decode a client v1 frame; only the header is parsed, the other parts pass through.
 
-    :raises WireError: bad layout, or a header without string ``msg_id``/``msg_type``.
+    The parts are slices of the frame, so the decoded size is the frame's (``max_size`` is
+    for the signature shared with the legacy decoders).
+
+    :raises WireError: bad layout, too many buffers, or a header without string
+        ``msg_id``/``msg_type``.
     """
-    channel, parts = decode_v1(frame)
+    channel, parts = decode_v1(frame, max_buffers)
     try:
         header = _loads_header(parts[0])
     except (ValueError, RecursionError):
@@ -266,7 +282,7 @@ def decode_client_v1(frame: bytes) -> IncomingMessage:
     return IncomingMessage(channel, _check_header(header), parts)
 
 
-def _from_legacy(msg: Any, buffers: list[bytes]) -> IncomingMessage:
+def _from_legacy(msg: Any, buffers: list[bytes], max_size: int | None = None) -> IncomingMessage:
     """Check a parsed legacy message and pack its four objects; as in jupyter_server a missing
     ``channel`` means shell, and missing/null parent_header/metadata/content mean ``{}``."""
     if type(msg) is not dict:
@@ -291,6 +307,8 @@ def _from_legacy(msg: Any, buffers: list[bytes]) -> IncomingMessage:
         packed = [pack_json(part) for part in parts]
     except (ValueError, TypeError, RecursionError):
         raise WireError("message cannot be re-encoded as strict JSON") from None
+    if max_size is not None and sum(map(len, packed)) > max_size:
+        raise WireError(f"message over {max_size} bytes once decoded")
     packed.extend(buffers)
     return IncomingMessage(channel, header, packed)
 
@@ -314,17 +332,19 @@ def _loads_message(data: str | bytes | memoryview) -> Any:
         raise WireError("message is not valid JSON") from None
 
 
-def decode_client_legacy_text(payload: str | bytes) -> IncomingMessage:
+def decode_client_legacy_text(payload: str | bytes, max_buffers: int | None = None,
+                               max_size: int | None = None) -> IncomingMessage:
     """Decode a legacy text frame (a whole message as JSON); ``"buffers"`` is ignored.
 
-    :raises WireError: bad UTF-8/JSON, unknown channel, or wrongly typed fields.
+    :param max_size: most bytes of the four JSON parts as re-encoded for the kernel.
+    :raises WireError: bad UTF-8/JSON, unknown channel, wrongly typed fields, too large.
     """
     if not isinstance(payload, (str, bytes, bytearray, memoryview)):
         raise WireError("text frame must be str or bytes")
-    return _from_legacy(_loads_message(payload), [])
+    return _from_legacy(_loads_message(payload), [], max_size)
 
 
-def split_legacy_binary(frame: bytes) -> tuple[memoryview, list[bytes]]:
+def split_legacy_binary(frame: bytes, max_buffers: int | None = None) -> tuple[memoryview, list[bytes]]:
     """``(JSON part, buffers)`` of a legacy binary frame (either direction), its layout checked strictly.
 
     Big-endian uint32 ``nbufs``, ``nbufs`` offsets (the first right after the
@@ -339,6 +359,7 @@ def split_legacy_binary(frame: bytes) -> tuple[memoryview, list[bytes]]:
     (nbufs,) = _U32.unpack_from(frame)
     if nbufs < 1:
         raise WireError("frame has no message part")
+    _check_buffer_count(nbufs - 1, max_buffers)
     table_end = 4 * (nbufs + 1)
     if table_end > size:
         raise WireError("offset table truncated")
@@ -349,7 +370,8 @@ def split_legacy_binary(frame: bytes) -> tuple[memoryview, list[bytes]]:
     return memoryview(frame)[offsets[0]:ends[0]], [frame[a:b] for a, b in zip(offsets[1:], ends[1:])]
 
 
-def decode_client_legacy_binary(frame: bytes) -> IncomingMessage:
+def decode_client_legacy_binary(frame: bytes, max_buffers: int | None = None,
+                                 max_size: int | None = None) -> IncomingMessage:
     """Decode a legacy binary frame: offset table, JSON message, then the buffers.
 
     The JSON part is checked as in the text case (a ``"buffers"`` key in it is ignored, as
@@ -357,8 +379,8 @@ def decode_client_legacy_binary(frame: bytes) -> IncomingMessage:
 
     :raises WireError: bad layout, or a bad JSON part.
     """
-    data, buffers = split_legacy_binary(frame)
-    return _from_legacy(_loads_message(data), buffers)
+    data, buffers = split_legacy_binary(frame, max_buffers)
+    return _from_legacy(_loads_message(data), buffers, max_size)
 
 
 _FRAME_SHORT = Struct(">BB")

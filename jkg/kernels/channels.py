@@ -53,6 +53,9 @@ class KernelChannels:
             key = key.encode("ascii")
         self._signer = Signer(key, connection_info.get("signature_scheme", "hmac-sha256"))
         self._on_message = on_message
+        #: names the kernel in logs: its id when ``on_message`` is a kernel's method, else its shell address
+        self.label = str(getattr(getattr(on_message, "__self__", None), "id", "") or
+                         _address(connection_info, "shell"))
         self.identity = uuid.uuid4().hex.encode("ascii")
         self._zmq = zmq_context
         self._info = connection_info
@@ -148,10 +151,10 @@ class KernelChannels:
         try:
             message = parse_kernel_frames(channel, frames)
         except MalformedMessage as error:
-            log.warn("dropped malformed {channel} message from kernel: {error}", channel=channel, error=error)
+            self._zmq.errors.report(self.label, f"malformed {channel} message", str(error))
             return
         if not self._signer.verify(message.parts, message.signature):
-            log.warn("dropped {channel} message with a bad signature", channel=channel)
+            self._zmq.errors.report(self.label, f"badly signed {channel} message")
             return
         batch = self._zmq.batch
         if batch.open:

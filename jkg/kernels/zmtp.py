@@ -27,9 +27,10 @@ from twisted.internet.interfaces import IReadWriteDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from .errorlog import ProtocolErrorLog
 from .zmtp_reader import ZmtpReader
 from .zmtp_wire import (CLOSED, CONNECTING, GREETING, GREETING_WAIT, IOV_MAX, MAX_QUEUED, READ_BUFFER, READY,
-                        RECONNECT_FIRST, RECONNECT_MAX, WAITING, BufferPool, ProtocolError, ReadBatch,
+                        RECONNECT_FIRST, RECONNECT_MAX, WAITING, BufferPool, ProtocolError, ReadBatch, ReadLimits,
                         encode_message, ready_command)
 
 log = Logger()
@@ -38,11 +39,13 @@ log = Logger()
 class ZmqContext:
     """The gateway's ZeroMQ side: the reactor that drives every connection, and them."""
 
-    def __init__(self, reactor):
+    def __init__(self, reactor, limits: ReadLimits | None = None, errors: ProtocolErrorLog | None = None):
         self.reactor = reactor
         self.connections: set[ZmtpConnection] = set()
         self.batch = ReadBatch()
         self.buffers = BufferPool()
+        self.limits = limits or ReadLimits()
+        self.errors = errors or ProtocolErrorLog(reactor)
 
     def shutdown(self) -> None:
         """Close every connection still open."""
@@ -50,9 +53,9 @@ class ZmqContext:
             connection.close()
 
 
-def make_factory(reactor) -> ZmqContext:
-    """The ZeroMQ side of one gateway, driven by ``reactor``."""
-    return ZmqContext(reactor)
+def make_factory(reactor, limits: ReadLimits | None = None, errors: ProtocolErrorLog | None = None) -> ZmqContext:
+    """The ZeroMQ side of one gateway, driven by ``reactor``, taking at most ``limits`` from kernels."""
+    return ZmqContext(reactor, limits, errors)
 
 
 
@@ -98,7 +101,9 @@ class ZmtpConnection(ZmtpReader):
         self._big: memoryview | None = None  # a large frame being received into its own buffer
         self._big_filled = 0
         self._big_flags = 0
+        self._big_size = 0  # the large frame's announced size; its buffer grows towards it
         self._frames: list = []
+        self._message_bytes = 0  # bytes of the frames of the message in progress
         zmq_context.connections.add(self)
         self._connect()
 
@@ -140,6 +145,7 @@ class ZmtpConnection(ZmtpReader):
         self._start = self._end = 0
         self._big = None
         self._frames = []
+        self._message_bytes = 0
         self._out.clear()
         self._out.append(self._hello)
         self._start_writing()

@@ -6,13 +6,21 @@ is the hot path and the part measured against pyzmq's reader.  Small frames
 are copied out of one read buffer; a large frame (``LARGE_FRAME`` or more) is
 received straight into a buffer of its own (from the gateway's
 :class:`~jkg.kernels.zmtp_wire.BufferPool`) and handed on as a read-only view.
+
+Every byte from a kernel is hostile: each frame header is checked against the
+gateway's :class:`~jkg.kernels.zmtp_wire.ReadLimits` (frame size, message
+size, frames per message) before anything is stored, a large frame's buffer
+starts at ``FIRST_ALLOCATION`` and grows only as its bytes arrive, and each
+frame costs ``FRAME_COST`` bytes of the read budget, so a flood of tiny frames
+yields to other kernels as often as a flood of bytes does.
 """
 from __future__ import annotations
 
 from twisted.logger import Logger
 
-from .zmtp_wire import (CLOSED, COMMAND, GREETING_WAIT, HANDSHAKE, LARGE_FRAME, LONG, MAX_FRAME, MORE, READ_BUDGET,
-                        READY, RECONNECT_FIRST, ProtocolError, check_greeting, command, parse_properties)
+from .zmtp_wire import (CLOSED, COMMAND, FIRST_ALLOCATION, FRAME_COST, GREETING_WAIT, HANDSHAKE, LARGE_FRAME, LONG,
+                        MORE, READ_BUDGET, READY, RECONNECT_FIRST, ProtocolError, check_greeting, command,
+                        frame_refusal, parse_properties)
 
 log = Logger()
 
@@ -50,6 +58,9 @@ class ZmtpReader:
                 self._big_filled += count
                 if not full:
                     return  # drained for now (epoll is level-triggered: more data wakes us again)
+                if self._big_filled < self._big_size:
+                    self._grow_big()
+                    continue
                 self._big = None
                 self._frame(self._big_flags, big.toreadonly())
                 if self._sock is None:
@@ -57,13 +68,21 @@ class ZmtpReader:
             else:
                 self._end += count
             try:
-                self._parse()
+                budget -= self._parse() * FRAME_COST
             except ProtocolError as error:
-                log.warn("closing connection to {address}: {error}", address=self._address, error=error)
+                self._owner.errors.report(self._address, "ZMTP protocol error", str(error))
                 self._lost(error)
                 return
             if not full:
                 return  # the socket is drained (epoll is level-triggered: more data wakes us again)
+
+    def _grow_big(self) -> None:
+        """Double the large frame's buffer (up to its size): memory follows the bytes that came."""
+        big = self._big
+        size = min(self._big_size, 2 * len(big))
+        grown = memoryview(bytearray(size))
+        grown[:self._big_filled] = big[:self._big_filled]
+        self._big = grown
 
     def _compact(self) -> None:
         start, end = self._start, self._end
@@ -72,19 +91,26 @@ class ZmtpReader:
             self._start, self._end = 0, end - start
 
     # -- frames ------------------------------------------------------------------------
-    def _parse(self) -> None:
-        """Handle every complete frame in the read buffer; dispatch complete messages."""
+    def _parse(self) -> int:
+        """Handle every complete frame in the read buffer; dispatch complete messages.
+
+        :returns: how many frames were seen (for the read budget).
+        """
         buf, view = self._buf, self._view
         pos, end = self._start, self._end
         state = self._state
         if state == GREETING_WAIT:
             if end - pos < 64:
-                return
+                return 0
             check_greeting(bytes(view[pos:pos + 64]))
             pos += 64
             self._state = state = HANDSHAKE
         messages = []
         frames = self._frames
+        limits = self._owner.limits
+        max_frame, max_frames, max_message = limits.max_frame, limits.max_frames, limits.max_message
+        message_bytes = self._message_bytes
+        seen = 0
         while True:
             avail = end - pos
             if avail < 2:
@@ -99,41 +125,57 @@ class ZmtpReader:
                 size = buf[pos + 1]
                 start = pos + 2
             stop = start + size
-            if stop > end:
-                if flags & COMMAND and size > 0xFFFF:
-                    raise ProtocolError(f"command of {size} bytes")
-                if size >= LARGE_FRAME and not flags & COMMAND:
-                    if size > MAX_FRAME:
-                        raise ProtocolError(f"frame of {size} bytes")
-                    big = memoryview(self._owner.buffers.get(size))[:size]
-                    big[:end - start] = view[start:end]
-                    self._big, self._big_filled, self._big_flags = big, end - start, flags
-                    pos = end
-                break
             if flags & COMMAND:
+                if size > 0xFFFF:
+                    raise ProtocolError(f"command of {size} bytes")
+                if stop > end:
+                    break
                 pos = stop
                 self._command(bytes(view[start:stop]))
                 state = self._state
                 continue
+            if size > max_frame or len(frames) >= max_frames or message_bytes + size > max_message:
+                self._frames, self._message_bytes = [], 0
+                if messages:  # the complete ones before it are fine
+                    self._dispatch(messages)
+                raise ProtocolError(frame_refusal(limits, size, len(frames), message_bytes))
+            if stop > end:
+                if size >= LARGE_FRAME:
+                    if state != READY:
+                        raise ProtocolError("message before the handshake")
+                    first = min(size, FIRST_ALLOCATION)
+                    big = memoryview(self._owner.buffers.get(first))[:first]
+                    big[:end - start] = view[start:end]
+                    self._big, self._big_filled, self._big_flags, self._big_size = big, end - start, flags, size
+                    message_bytes += size
+                    pos = end
+                break
             if state != READY:
                 raise ProtocolError("message before the handshake")
             frames.append(bytes(view[start:stop]) if size < LARGE_FRAME else memoryview(bytes(view[start:stop])))
+            seen += 1
             pos = stop
-            if not flags & MORE:
+            if flags & MORE:
+                message_bytes += size
+            else:
                 messages.append(frames)
                 frames = []
+                message_bytes = 0
         self._frames = frames
+        self._message_bytes = message_bytes
         if pos == end:
             pos = end = 0
         self._start, self._end = pos, end
         if messages:
             self._dispatch(messages)
+        return seen
 
     def _frame(self, flags: int, body) -> None:
         """A large frame received into its own buffer."""
         self._frames.append(body)
         if not flags & MORE:
             messages, self._frames = [self._frames], []
+            self._message_bytes = 0
             self._dispatch(messages)
 
     def _dispatch(self, messages: list) -> None:

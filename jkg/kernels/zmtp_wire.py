@@ -8,6 +8,7 @@ connections, :mod:`jkg.kernels.channels` puts Jupyter messages on them.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Sequence
 
 #: Frames at least this large are received into a buffer of their own and passed
@@ -31,8 +32,43 @@ MORE, LONG, COMMAND = 1, 2, 4
 CONNECTING, GREETING_WAIT, HANDSHAKE, READY, WAITING, CLOSED = range(6)
 
 
+#: A large frame's buffer starts at most this big and grows as its bytes arrive,
+#: so that a length header alone never makes the gateway allocate much.
+FIRST_ALLOCATION = 4 * 1024 * 1024
+#: What one frame costs of a read's budget besides its bytes: a flood of tiny
+#: frames must not keep the reactor from other kernels for long.
+FRAME_COST = 64
+
+
 class ProtocolError(Exception):
     """The peer does not speak ZMTP 3 with the NULL mechanism as expected."""
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What one kernel connection may send: a kernel is a tenant's code, every byte hostile.
+
+    A connection holds at most its read buffer plus one message in progress,
+    and that message is bounded in bytes and frames.
+    """
+
+    max_frame: int = MAX_FRAME
+    max_message: int = MAX_FRAME
+    max_frames: int = 1024
+
+
+def frame_refusal(limits: ReadLimits, size: int, frames: int, message_bytes: int) -> str | None:
+    """Why a frame of ``size`` bytes may not follow ``frames`` frames of ``message_bytes`` bytes, or ``None``.
+
+    Checked on the frame's header, before any of its bytes are stored.
+    """
+    if size > limits.max_frame:
+        return f"frame of {size} bytes (the limit is {limits.max_frame})"
+    if frames >= limits.max_frames:
+        return f"message of more than {limits.max_frames} frames"
+    if message_bytes + size > limits.max_message:
+        return f"message of more than {limits.max_message} bytes"
+    return None
 
 
 def frame_header(size: int, flags: int) -> bytes:

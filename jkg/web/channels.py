@@ -30,6 +30,7 @@ from ..errors import BadRequest, GatewayError
 from ..interfaces import IKernelClient
 from .frames import Frame, encode_legacy_frame, encode_v1_frame
 from .outbox import Outbox, TCPOutbox
+from .partial import PartialBudget
 from .ratelimit import IOPubRateLimit, warning_message
 
 _log = Logger()  # autobahn claims ``.log`` on protocols
@@ -191,7 +192,7 @@ class ChannelsProtocol(WebSocketServerProtocol):
         try:
             if decode is None:
                 raise wire.WireError("text frames are not part of the v1 protocol")
-            incoming = decode(payload)
+            incoming = decode(payload, self.factory.max_buffers, self.factory.max_decoded_size)
             kernel.send(self, incoming)
         except wire.UnknownChannel as error:
             _log.warn("ignored a message from session {session}: {error}", session=self.session_id, error=error)
@@ -201,6 +202,18 @@ class ChannelsProtocol(WebSocketServerProtocol):
         except GatewayError as error:
             code = CLOSE_BAD_MESSAGE if isinstance(error, BadRequest) else 1000
             self.sendClose(code, error.message[:120])
+
+    def onMessageFrameBegin(self, length):  # noqa: N802 - autobahn API
+        """A large frame must fit in the gateway's :class:`PartialBudget` before its bytes are kept."""
+        super().onMessageFrameBegin(length)
+        if length >= PartialBudget.SMALL and not self.failedByMe and not self.factory.partial.take(self, length):
+            self._max_message_size_exceeded(length, self.factory.partial.limit - self.factory.partial.held,
+                                            "the gateway holds too many partly received messages "
+                                            "(--client-partial-limit)")
+
+    def onMessageEnd(self):  # noqa: N802 - autobahn API
+        super().onMessageEnd()
+        self.factory.partial.release(self)
 
     def onClose(self, wasClean, code, reason):  # noqa: N802,N803 - autobahn API
         self._detach()
@@ -215,6 +228,7 @@ class ChannelsProtocol(WebSocketServerProtocol):
         if call is not None and call.active():
             call.cancel()
         self.factory.connections.protocols.get(self.tenant, set()).discard(self)
+        self.factory.partial.release(self)
         self.release()
         super().connectionLost(reason)
 
@@ -357,6 +371,9 @@ class ChannelsFactory(WebSocketServerFactory):
         self.registry = registry
         self.connections = connections if connections is not None else ConnectionCounter()
         self.client_buffer_limit = config.client_buffer_limit
+        self.max_buffers = config.max_client_buffers or None  # per message (jkg.wire decoders)
+        self.max_decoded_size = config.max_message_size or None
+        self.partial = PartialBudget(config.client_partial_limit or None)
         self.rate_limits = None
         if config.iopub_msg_rate_limit or config.iopub_data_rate_limit:
             self.rate_limits = (config.iopub_msg_rate_limit, config.iopub_data_rate_limit, config.rate_limit_window)
