@@ -472,6 +472,8 @@ class GatewayConfig:
     def listen_endpoints(self) -> tuple[str, ...]:
         """:attr:`endpoints` with ``mode=`` added to ``unix:`` ones that do not set it."""
         return tuple(with_socket_mode(e, self.unix_socket_mode) for e in self.endpoints)
+
+    @property
     def kernel_read_limits(self) -> tuple[int, int, int]:
         """``(largest frame, largest message, most frames)`` from a kernel; 0 and None mean no limit."""
         unlimited = 1 << 34
