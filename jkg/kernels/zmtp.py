@@ -104,6 +104,8 @@ class ZmtpConnection(ZmtpReader):
         self._big_size = 0  # the large frame's announced size; its buffer grows towards it
         self._frames: list = []
         self._message_bytes = 0  # bytes of the frames of the message in progress
+        self._sliced = False  # the last parse stopped at FRAME_SLICE frames, leaving some in the buffer
+        self._drain_call = None  # the reactor call that goes on with them
         zmq_context.connections.add(self)
         self._connect()
 
@@ -146,6 +148,7 @@ class ZmtpConnection(ZmtpReader):
         self._big = None
         self._frames = []
         self._message_bytes = 0
+        self._sliced = False
         self._out.clear()
         self._out.append(self._hello)
         self._start_writing()
@@ -178,6 +181,9 @@ class ZmtpConnection(ZmtpReader):
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
+        if self._drain_call is not None and self._drain_call.active():
+            self._drain_call.cancel()
+        self._drain_call = None
         sock, self._sock = self._sock, None
         if sock is not None:
             self._stop_reading()
@@ -213,6 +219,8 @@ class ZmtpConnection(ZmtpReader):
         self._paused = False
         if self._sock is not None and self._state != CONNECTING:
             self._start_reading()
+            if self._sliced:
+                self._later()
 
     def _start_reading(self) -> None:
         if not self._reading and not self._paused:

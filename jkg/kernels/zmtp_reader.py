@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
-from .zmtp_wire import (CLOSED, COMMAND, FIRST_ALLOCATION, FRAME_COST, GREETING_WAIT, HANDSHAKE, LARGE_FRAME, LONG,
-                        MORE, READ_BUDGET, READY, RECONNECT_FIRST, ProtocolError, check_greeting, command,
-                        frame_refusal, parse_properties)
+from .zmtp_wire import (CLOSED, COMMAND, FIRST_ALLOCATION, FRAME_COST, FRAME_SLICE, GREETING_WAIT, HANDSHAKE,
+                        LARGE_FRAME, LONG, MORE, READ_BUDGET, READY, RECONNECT_FIRST, ProtocolError, check_greeting,
+                        command, frame_refusal, parse_properties)
 
 log = Logger()
 
@@ -73,8 +73,29 @@ class ZmtpReader:
                 self._owner.errors.report(self._address, "ZMTP protocol error", str(error))
                 self._lost(error)
                 return
+            if self._sliced:
+                self._later()  # frames are left in the buffer: go on in a later turn, after the others
+                return
             if not full:
                 return  # the socket is drained (epoll is level-triggered: more data wakes us again)
+
+    def _later(self) -> None:
+        if self._drain_call is None:
+            self._drain_call = self._reactor.callLater(0, self._drain)
+
+    def _drain(self) -> None:
+        """Go on with frames left in the read buffer by a sliced :meth:`_parse`."""
+        self._drain_call = None
+        if self._sock is None or self._paused or not self._sliced:
+            return
+        try:
+            self._parse()
+        except ProtocolError as error:
+            self._owner.errors.report(self._address, "ZMTP protocol error", str(error))
+            self._lost(error)
+            return
+        if self._sliced:
+            self._later()
 
     def _grow_big(self) -> None:
         """Double the large frame's buffer (up to its size): memory follows the bytes that came."""
@@ -111,7 +132,11 @@ class ZmtpReader:
         max_frame, max_frames, max_message = limits.max_frame, limits.max_frames, limits.max_message
         message_bytes = self._message_bytes
         seen = 0
+        self._sliced = False
         while True:
+            if seen >= FRAME_SLICE:
+                self._sliced = True
+                break
             avail = end - pos
             if avail < 2:
                 break

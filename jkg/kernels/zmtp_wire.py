@@ -37,7 +37,9 @@ CONNECTING, GREETING_WAIT, HANDSHAKE, READY, WAITING, CLOSED = range(6)
 FIRST_ALLOCATION = 4 * 1024 * 1024
 #: What one frame costs of a read's budget besides its bytes: a flood of tiny
 #: frames must not keep the reactor from other kernels for long.
-FRAME_COST = 64
+FRAME_COST = 256
+#: Frames handled in one go; the rest of the read buffer waits for the next reactor turn.
+FRAME_SLICE = 2048
 
 
 class ProtocolError(Exception):
