@@ -139,8 +139,15 @@ def setup(docker_engine, tmp_path_factory):
 [tenants.alice]
 tokens = ["{hash_token(ALICE)}"]
 kernelspecs = ["docker-python", "docker-missing", "docker-exits", "k8s-python"]
+
+[sandbox.tenants.alice]
+memory = "320M"
+processes = 96
+open_files = 640
 """)
-    return {"share": share, "tenants": tenants, "root": root}
+    plain = root / "tenants-plain.toml"  # alice without limits of her own: she may take pooled kernels
+    plain.write_text(tenants.read_text().split("[sandbox.")[0])
+    return {"share": share, "tenants": tenants, "plain_tenants": plain, "root": root}
 
 
 def shutil_docker() -> str:
@@ -154,8 +161,8 @@ def engine_args(engine, response_ip: str | None = None, docker_host: str | None 
             "--response-ip", response_ip or engine.gateway_ip, "--response-port", str(free_port(engine.gateway_ip))]
 
 
-def start_gateway(setup, engine, *args, env=None, **kwargs) -> GatewayProcess:
-    gateway = GatewayProcess("--tenants", str(setup["tenants"]), *engine_args(engine, **kwargs), *args,
+def start_gateway(setup, engine, *args, env=None, tenants="tenants", **kwargs) -> GatewayProcess:
+    gateway = GatewayProcess("--tenants", str(setup[tenants]), *engine_args(engine, **kwargs), *args,
                              env={"JUPYTER_PATH": str(setup["share"]), **(env or {})})
     gateway.start()
     gateway.token = ALICE  # a tenant's token: KERNEL_USERNAME is the tenant's name
@@ -215,7 +222,11 @@ def test_kernel_runs_in_a_container(gateway, kernel, docker_engine):
     assert container["State"]["Running"] and container["Config"]["Hostname"] == seen["hostname"]
     address = container["NetworkSettings"]["Networks"][docker_engine.network]["IPAddress"]
     assert address in {str(host) for host in docker_engine.subnet.hosts()}
-    assert container["HostConfig"]["CapDrop"] == ["ALL"] and container["HostConfig"]["Init"]
+    host = container["HostConfig"]
+    assert host["CapDrop"] == ["ALL"] and host["Init"] and host["SecurityOpt"] == ["no-new-privileges"]
+    # alice's limits from the tenants file's [sandbox] table, enforced by the engine
+    assert host["Memory"] == host["MemorySwap"] == 320 << 20 and host["PidsLimit"] == 96
+    assert {(u["Name"], u["Hard"]) for u in host["Ulimits"]} == {("nofile", 640)}
 
 
 def test_interrupt_and_restart(gateway, kernel, docker_engine):
@@ -380,7 +391,7 @@ def test_pool_and_culling_with_containers(setup, docker_engine):
     limits = {"JKG_KERNEL_MEMORY": str(300 << 20), "JKG_KERNEL_PROCESSES": "128", "JKG_KERNEL_OPEN_FILES": "777"}
     gateway = start_gateway(setup, docker_engine, "--pool", "docker-python=1", "--cull-idle-timeout", "4",
                             "--cull-interval", "1", "--env-process-whitelist", ",".join(["KERNEL_USERNAME", *limits]),
-                            env={"KERNEL_USERNAME": "pool", **limits})
+                            env={"KERNEL_USERNAME": "pool", **limits}, tenants="plain_tenants")
     try:
         deadline = time.monotonic() + 60
         while b"(docker-python) ready: 1/1" not in gateway.output:

@@ -291,6 +291,8 @@ class KernelLauncher:
         # Container and cluster launchers get their engine's address and a file for the engine's error.
         errors_file = _launch_errors_file(kernel_id) if engines.is_remote(spec) else None
         env = {**env, **engines.launcher_env(spec, os.environ, errors_file)}
+        if sandbox is not None and engines.is_container(spec):  # the engine enforces the tenant's limits
+            env.update(engines.limits_env(sandbox.limits))
         stderr = engines.launch_stderr(spec, subprocess.PIPE if self.reactor is not None else None)
         try:
             await manager.start_kernel(kernel_id=kernel_id, env=env, cwd=os.getcwd(), independent=self.independent,

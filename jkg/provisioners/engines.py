@@ -76,10 +76,15 @@ def is_remote(spec: Any) -> bool:
     return provisioner_name(spec) not in LOCAL_PROVISIONERS
 
 
+def is_container(spec: Any) -> bool:
+    """Whether a local launcher asks an engine for the kernel (Docker, Swarm, Kubernetes, YARN...)."""
+    name = provisioner_name(spec)
+    return name not in LOCAL_PROVISIONERS and name not in SSH_PROVISIONERS
+
+
 def launcher_env(spec: Any, environ: Mapping[str, str], errors_file: str | None = None) -> dict[str, str]:
     """Extra launch environment for a kernelspec: the engine's address for container launchers."""
-    name = provisioner_name(spec)
-    if name in LOCAL_PROVISIONERS or name in SSH_PROVISIONERS:
+    if not is_container(spec):
         return {}
     extra = {variable: environ[variable] for variable in LAUNCHER_VARIABLES if environ.get(variable)}
     if errors_file:
@@ -160,9 +165,11 @@ LIMIT_NAMES = ("memory", "processes", "cpu_time", "open_files")
 def limits_env(limits: Any) -> dict[str, str]:
     """``JKG_KERNEL_*`` variables for a container launcher from a tenant's limits.
 
-    ``limits`` has the tenants file's ``[sandbox]`` limit names as attributes
-    (``None`` for unlimited).  A container is its own sandbox: jkg's local
-    sandbox does not wrap a container launcher, the engine enforces these.
+    ``limits`` is the :class:`jkg.sandbox.settings.Limits` of the kernel's
+    sandbox profile (tenants file ``[sandbox]`` table; ``None`` is unlimited).
+    A container is its own sandbox: jkg's bwrap sandbox does not wrap a
+    container launcher, the engine enforces these instead (``disk`` has no
+    container equivalent here and is left out).
     The names never come from a client (clients may only set ``KERNEL_*``).
     """
     env = {}
