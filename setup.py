@@ -14,6 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
     python_requires=">=3.10",
+    package_data={"jkg": ["openapi.yaml"]},
     packages=["jkg", "jkg.kernels", "jkg.web", "jkg.auth", "jkg.client", "jkg.provisioners", "jkg.sandbox",
               "twisted.plugins"],
     install_requires=[
@@ -29,6 +30,7 @@ setup(
         "bcrypt>=4.1",
         "zope.interface>=6",
         "prometheus_client>=0.20",
+        "pyyaml>=6",
     ],
     extras_require={
         "client": ["nbclient>=0.10", "nbformat>=5.9"],
@@ -47,6 +49,7 @@ setup(
             "websocket-client>=1.8",
             "requests>=2.31",
             "jupyter_server>=2.14,<3",
+            "schemathesis>=4",
             "ruff>=0.6",
             "gateway_provisioners[docker]>=0.5,<0.6",
         ],

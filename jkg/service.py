@@ -256,6 +256,9 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
         resource = make_root_resource(api.resource(), cors, config.base_url)
     from .metrics import GatewayCollector, ReactorLag, make_registry
 
+    from .web.spec import load_spec
+
+    api._spec_bytes = load_spec(config.base_url)  # read now, not on the reactor
     lag = ReactorLag(reactor)
     api.metrics = make_registry(GatewayCollector(registry, lag))
     access_log = None

@@ -66,6 +66,7 @@ class GatewayAPI:
         self.tenants = tenants or (lambda: None)
 
     metrics = None  # a prometheus_client CollectorRegistry, set by jkg.service
+    _spec_bytes = None
 
     def resource(self):
         return self.app.resource()
@@ -89,6 +90,9 @@ class GatewayAPI:
     @app.handle_errors(HTTPException)
     def routing_error(self, request, failure):
         error = failure.value
+        allowed = getattr(error, "valid_methods", None)
+        if allowed:  # a 405 names what the path does serve (RFC 9110)
+            request.setHeader(b"Allow", ", ".join(sorted({*allowed, "OPTIONS"})).encode("ascii"))
         return write_json(request, {"reason": error.name, "message": error.description or ""}, error.code)
 
     @app.handle_errors(Exception)
@@ -97,6 +101,25 @@ class GatewayAPI:
         return write_json(request, {"reason": "Internal Server Error", "message": "unexpected server error"}, 500)
 
     # -- server ------------------------------------------------------------------
+    @app.route("/api/spec.yaml", methods=["GET"])
+    @app.route("/api/swagger.yaml", methods=["GET"])
+    def spec_yaml(self, request):
+        """The OpenAPI description, without credentials (it holds no secrets)."""
+        request.setHeader(b"Content-Type", b"application/yaml")
+        return self._spec()[0]
+
+    @app.route("/api/swagger.json", methods=["GET"])
+    def spec_json(self, request):
+        request.setHeader(b"Content-Type", b"application/json")
+        return self._spec()[1]
+
+    def _spec(self) -> tuple[bytes, bytes]:
+        if self._spec_bytes is None:
+            from .spec import load_spec
+
+            self._spec_bytes = load_spec(self.config.base_url)
+        return self._spec_bytes
+
     @app.route("/metrics", methods=["GET"], strict_slashes=False)
     async def prometheus_metrics(self, request):
         """Prometheus text format; for admins (every tenant's kernels show) unless ``--metrics-public``."""
