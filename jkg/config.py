@@ -352,6 +352,9 @@ OPTIONS: tuple[Option, ...] = (
            "--max-message-size).", ("JKG_MAX_KERNEL_MESSAGE_SIZE",)),
     Option("max_kernel_frames", "1024", _non_negative_int, "Most frames in one message from a kernel "
            "(0 means no limit).", ("JKG_MAX_KERNEL_FRAMES",)),
+    Option("kernel_buffer_limit", str(64 * 1024 * 1024), _non_negative_int, "Bytes that may wait to be sent to "
+           "one kernel socket (kernel not reading or not reachable yet); beyond it, messages are dropped and "
+           "logged (0 means no limit).", ("JKG_KERNEL_BUFFER_LIMIT",)),
     Option("max_client_buffers", "1024", _non_negative_int, "Most binary buffers in one WebSocket message from a "
            "client (0 means no limit).", ("JKG_MAX_CLIENT_BUFFERS",)),
     Option("client_partial_limit", str(512 * 1024 * 1024), _non_negative_int, "Bytes of large WebSocket messages "
@@ -456,6 +459,7 @@ class GatewayConfig:
     max_kernel_frame_size: int | None = None
     max_kernel_message_size: int | None = None
     max_kernel_frames: int = 1024
+    kernel_buffer_limit: int = 64 * 1024 * 1024
     max_client_buffers: int = 1024
     client_partial_limit: int = 512 * 1024 * 1024
 
@@ -474,12 +478,12 @@ class GatewayConfig:
         return tuple(with_socket_mode(e, self.unix_socket_mode) for e in self.endpoints)
 
     @property
-    def kernel_read_limits(self) -> tuple[int, int, int]:
-        """``(largest frame, largest message, most frames)`` from a kernel; 0 and None mean no limit."""
+    def kernel_read_limits(self) -> tuple[int, int, int, int]:
+        """``(largest frame, largest message, most frames, send buffer)`` of a kernel connection."""
         unlimited = 1 << 34
         tied = self.max_message_size or unlimited
         return (self.max_kernel_frame_size or tied, self.max_kernel_message_size or tied,
-                self.max_kernel_frames or unlimited)
+                self.max_kernel_frames or unlimited, self.kernel_buffer_limit or unlimited)
 
     @property
     def has_credentials(self) -> bool:

@@ -159,3 +159,38 @@ def test_reader_delivers_exactly_the_messages_within_the_limits(sizes, chunks, m
     feed(conn, stream(messages), chunks)
     assert [[bytes(f) for f in m] for m in got] == expected
     assert bool(lost) == violated
+
+
+class FullSocket(ChunkSocket):
+    """A kernel that reads nothing: every send would block, until ``open`` is set."""
+
+    open = False
+
+    def sendmsg(self, pieces) -> int:
+        if not self.open:
+            raise BlockingIOError
+        return sum(len(p) for p in pieces)
+
+
+def test_what_waits_for_a_kernel_that_does_not_read_is_bounded():
+    conn, got, lost = connection(ReadLimits(send_buffer=8 << 20))
+    sock = FullSocket(PEER_HELLO, [])
+    conn._sock, conn._state = sock, GREETING_WAIT
+    conn.doRead()  # handshake done: READY
+    assert conn.ready
+    for _ in range(100):  # 100 MiB offered to a kernel that reads nothing
+        conn.send([b"x" * (1 << 20)])
+    assert conn._out_bytes <= (8 << 20) + (1 << 20) + 1024
+    sock.open = True
+    conn.doWrite()
+    assert conn._out_bytes == 0 and not conn._out
+    conn.send([b"after"])  # the connection works on once the kernel reads again
+    assert conn._out_bytes == 0
+
+
+def test_what_is_queued_for_an_unreachable_kernel_is_bounded_and_keeps_the_newest():
+    conn, _, _ = connection(ReadLimits(send_buffer=8 << 20))
+    for index in range(40):
+        conn.send([bytes([index]) * (1 << 20)])
+    assert conn._queued_bytes <= (8 << 20) + (1 << 20)
+    assert bytes(conn._queued[-1][0][:1]) == bytes([39])

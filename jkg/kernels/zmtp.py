@@ -91,7 +91,9 @@ class ZmtpConnection(ZmtpReader):
         self._delay = RECONNECT_FIRST
         self._retry = None
         self._queued: deque = deque()  # messages sent before the handshake completed
+        self._queued_bytes = 0
         self._out: deque = deque()  # bytes-likes not yet taken by the socket
+        self._out_bytes = 0  # their size, counted while the socket is full
         self._writing = False
         self._reading = False
         self._paused = False  # reading suspended (flow control)
@@ -150,6 +152,7 @@ class ZmtpConnection(ZmtpReader):
         self._message_bytes = 0
         self._sliced = False
         self._out.clear()
+        self._out_bytes = len(self._hello)
         self._out.append(self._hello)
         self._start_writing()
 
@@ -192,7 +195,9 @@ class ZmtpConnection(ZmtpReader):
         self._fd = -1
         self._state = CLOSED
         self._queued.clear()
+        self._queued_bytes = 0
         self._out.clear()
+        self._out_bytes = 0
         self._owner.connections.discard(self)
 
     @property
@@ -263,6 +268,7 @@ class ZmtpConnection(ZmtpReader):
             except OSError as error:
                 self._lost(error)
                 return
+            self._out_bytes -= sent
             while sent:
                 first = out[0]
                 if sent >= len(first):
@@ -282,16 +288,25 @@ class ZmtpConnection(ZmtpReader):
         if state == CLOSED:
             return
         if state != READY:
-            if len(self._queued) >= MAX_QUEUED:
-                self._queued.popleft()
-                log.warn("kernel at {address} unreachable: dropped the oldest queued message",
-                         address=self._address)
-            self._queued.append(list(frames))
+            queued = list(frames)
+            self._queued.append(queued)
+            self._queued_bytes += sum(map(len, queued))
+            limit = self._owner.limits.send_buffer
+            while len(self._queued) > MAX_QUEUED or (self._queued_bytes > limit and len(self._queued) > 1):
+                self._queued_bytes -= sum(map(len, self._queued.popleft()))
+                self._owner.errors.report(self._address, "message queued for an unreachable kernel",
+                                          "the oldest was dropped (--kernel-buffer-limit)")
+            return
+        if self._out and self._out_bytes > self._owner.limits.send_buffer:
+            # the kernel does not read: refuse more rather than hold it all
+            self._owner.errors.report(self._address, "message for a kernel that does not read",
+                                      f"over {self._owner.limits.send_buffer} bytes wait (--kernel-buffer-limit)")
             return
         self._write(encode_message(frames))
 
     def _flush_queued(self) -> None:
         queued, self._queued = self._queued, deque()
+        self._queued_bytes = 0
         pieces = []
         for frames in queued:
             pieces.extend(encode_message(frames))
@@ -317,9 +332,11 @@ class ZmtpConnection(ZmtpReader):
                     sent -= size
                     continue
                 out.append(memoryview(piece)[sent:] if sent else piece)
+                self._out_bytes += size - sent
                 sent = 0
         else:
             out.extend(pieces)
+            self._out_bytes += sum(map(len, pieces))
         if out:
             self._start_writing()
 

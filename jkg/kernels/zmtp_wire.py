@@ -48,15 +48,19 @@ class ProtocolError(Exception):
 
 @dataclass(frozen=True)
 class ReadLimits:
-    """What one kernel connection may send: a kernel is a tenant's code, every byte hostile.
+    """What one kernel connection may hold: a kernel is a tenant's code, every byte hostile.
 
     A connection holds at most its read buffer plus one message in progress,
-    and that message is bounded in bytes and frames.
+    and that message is bounded in bytes and frames; what waits to be sent to
+    a kernel that does not read (or is not reachable yet) is bounded by
+    ``send_buffer`` plus one message.
     """
 
     max_frame: int = MAX_FRAME
     max_message: int = MAX_FRAME
     max_frames: int = 1024
+    #: bytes waiting to go to one connection (kernel not reading, or not reachable yet)
+    send_buffer: int = MAX_FRAME
 
 
 def frame_refusal(limits: ReadLimits, size: int, frames: int, message_bytes: int) -> str | None:
