@@ -107,3 +107,14 @@ def test_client_cannot_choose_another_ssh_host(gateway, ssh_host):
     response = gateway.request("POST", "/api/kernels", json={"env": {"KERNEL_REMOTE_HOST": "10.9.9.9"}})
     assert response.status_code == 500 and "not one of the gateway's remote hosts" in response.json()["message"]
     assert not ssh_host.kernel_pids()
+
+
+def test_reap_command_only_takes_checked_values():
+    from jkg.provisioners.engines import reap_command
+
+    command = reap_command(4242, "0f1e2d3c-aaaa-bbbb-cccc-123456789abc")
+    assert "grep -qsF -- '0f1e2d3c-aaaa-bbbb-cccc-123456789abc' /proc/4242/cmdline" in command
+    assert "kill -TERM 4242" in command and "kill -KILL 4242" in command
+    for pid, kernel_id in ((1, "abc"), (True, "abc"), ("42; reboot", "abc"), (42, "x'; reboot; '"), (42, "")):
+        with pytest.raises(ValueError):
+            reap_command(pid, kernel_id)
