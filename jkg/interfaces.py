@@ -13,6 +13,8 @@ class IKernelClient(Interface):
     """One WebSocket connection attached to a kernel."""
 
     session_id = Attribute("The client's session_id (from the URL); replies are routed by it.")
+    dropped_as_slow = Attribute("0, or once the client was disconnected for reading too slowly the buffer "
+                                "limit it went over: the kernel then keeps its session's output for replay.")
 
     def deliver(message):
         """Send a :class:`jkg.kernels.messages.KernelMessage` to the client.
@@ -23,6 +25,66 @@ class IKernelClient(Interface):
 
     def disconnect(code, reason):
         """Close the connection (the kernel was deleted, or the gateway stops)."""
+
+    def outgoing():
+        """Flow control: ``(bytes waiting to be sent, bytes the client took so far)``.
+
+        ``None`` when the client cannot tell; the kernel then never holds back
+        iopub for its clients (see :mod:`jkg.kernels.kernel`).
+        """
+
+
+class IKernelChannels(Interface):
+    """One kernel's connections, as the kernel object uses them (see :mod:`jkg.kernels.channels`)."""
+
+    all_connected = Attribute("Whether every connection completed its handshake with the kernel.")
+    on_connected = Attribute("Called (no arguments) once all connections are up; None for nobody.")
+    closed = Attribute("Whether :meth:`close` was called.")
+
+    def send(channel, parts):
+        """Sign ``[header, parent, metadata, content, *buffers]`` and send it on ``channel``."""
+
+    def ping(timeout):
+        """Deferred firing True when the heartbeat echoes within ``timeout`` seconds, else False."""
+
+    def pause_iopub():
+        """Leave iopub in the kernel's sockets (flow control) until :meth:`resume_iopub`."""
+
+    def resume_iopub():
+        """Read iopub again."""
+
+    def close():
+        """Close every connection; later sends are ignored."""
+
+
+class ILaunchedKernel(Interface):
+    """A kernel process (or remote kernel) as its launcher or discoverer reports it."""
+
+    connection_info = Attribute("Transport, ip, ports, key and signature scheme; never leaves the server.")
+    pid = Attribute("The local process id, or None when unknown (remote, bridged).")
+    can_restart = Attribute("Whether jkg may restart it (not a bridged kernel it cannot relaunch).")
+    owned = Attribute("Whether shutting it down stops it (False: a bridged kernel jkg only lets go of).")
+
+    def is_alive():
+        """Deferred firing with whether the kernel still runs."""
+
+    def interrupt():
+        """Deferred firing once the interrupt was sent."""
+
+    def restart(now=False):
+        """Deferred firing once the kernel runs again on the same connection info."""
+
+    def shutdown(now=False):
+        """Deferred firing once the kernel is gone (or let go, for a kernel jkg does not own)."""
+
+    def death_reason():
+        """Why the kernel died when that is known and final (a sandbox limit), else "": then no restart."""
+
+    def stderr_tail():
+        """The last lines the kernel wrote to stderr ("" when not known), for launch errors."""
+
+    def record_info():
+        """Deferred firing with ``(pid, provisioner_info)``: what a later gateway needs to reattach."""
 
 
 class IKernel(Interface):

@@ -19,18 +19,23 @@ from zope.interface import implementer
 from .auth.credentials import ITokenCredentials
 from .auth.quota import check_kernel_quota
 from .errors import BadRequest, ResourceLimit, UnknownKernel, UnknownKernelSpec
-from .interfaces import IAttachedKernel, IKernelClient, IKernelRegistry
+from .interfaces import IAttachedKernel, IKernelChannels, IKernelClient, IKernelRegistry, ILaunchedKernel
 from .kernels.messages import KernelMessage, isoformat, utcnow
 
 
 @implementer(IKernelClient)
+@implementer(IKernelClient)
 class RecordingClient:
-    """Records what the registry delivers to it."""
+    """Records what the registry delivers to it; tells no backlog (no flow control)."""
 
     def __init__(self, session_id: str = "session"):
         self.session_id = session_id
         self.delivered: list = []
         self.closed: tuple[int, str] | None = None
+        self.dropped_as_slow = 0
+
+    def outgoing(self):
+        return None
 
     def deliver(self, message) -> None:
         self.delivered.append(message)
@@ -39,6 +44,7 @@ class RecordingClient:
         self.closed = (code, reason)
 
 
+@implementer(IKernelChannels)
 class FakeChannels:
     """Records what would have been signed and sent to the kernel."""
 
@@ -50,6 +56,7 @@ class FakeChannels:
         self.all_connected = True
         self.on_connected = None
         self.heartbeat = True  # what ping() answers
+        self.iopub_paused = False
 
     def ping(self, timeout):
         return succeed(self.heartbeat and not self.closed)
@@ -58,12 +65,23 @@ class FakeChannels:
         if not self.closed:
             self.sent.append((channel, list(parts)))
 
+    def pause_iopub(self) -> None:
+        self.iopub_paused = True
+
+    def resume_iopub(self) -> None:
+        self.iopub_paused = False
+
     def close(self) -> None:
         self.closed = True
 
 
+@implementer(ILaunchedKernel)
 class FakeLaunchedKernel:
     """A kernel process that is alive until told otherwise."""
+
+    pid = None
+    can_restart = True
+    owned = True
 
     def __init__(self):
         self.connection_info = {"transport": "tcp", "ip": "127.0.0.1", "key": b"k"}
@@ -74,6 +92,15 @@ class FakeLaunchedKernel:
 
     def is_alive(self):
         return succeed(self.alive)
+
+    def stderr_tail(self) -> str:
+        return ""
+
+    def death_reason(self) -> str:
+        return ""
+
+    def record_info(self):
+        return succeed((self.pid, {}))
 
     def interrupt(self):
         self.interrupts += 1

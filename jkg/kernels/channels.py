@@ -20,7 +20,9 @@ from typing import Callable, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from ..interfaces import IKernelChannels
 from .messages import DELIMITER, KernelMessage, MalformedMessage, parse_kernel_frames
 from .signer import Signer
 from .zmtp import ZmqContext, ZmtpConnection
@@ -38,6 +40,7 @@ def _address(info: dict, channel: str) -> str:
     return f"tcp://[{ip}]:{port}" if ":" in ip else f"tcp://{ip}:{port}"
 
 
+@implementer(IKernelChannels)
 class KernelChannels:
     """The gateway's connections to one kernel, with message signing and checking.
 

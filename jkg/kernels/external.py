@@ -18,13 +18,16 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from ..errors import Conflict
+from ..interfaces import ILaunchedKernel
 from ..procfs import children, pid_alive
 
 log = Logger()
 
 
+@implementer(ILaunchedKernel)
 class ExternalKernel:
     """A running kernel known by its connection info (and maybe its pid).
 
@@ -53,6 +56,15 @@ class ExternalKernel:
     @property
     def can_restart(self) -> bool:
         return self._relaunch is not None or self._replacement is not None
+
+    def stderr_tail(self) -> str:
+        return ""  # not ours: its stderr went elsewhere
+
+    def death_reason(self) -> str:
+        return ""  # not known: a dead external kernel is restarted if it can be
+
+    def record_info(self) -> Deferred:
+        return succeed((self.pid, {}))
 
     def bind(self, kernel) -> None:
         """The :class:`ManagedKernel` whose channels carry control requests."""

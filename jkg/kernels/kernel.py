@@ -81,7 +81,53 @@ class ManagedKernel:
         self.channels = connect(launched.connection_info, self._on_message)
 
     # -- the model ---------------------------------------------------------
-    # -- life and death (the registry's watch reports; the kernel keeps count) ----
+    # -- life and death: the registry reports, the kernel keeps its own state ----
+    def became_ready(self) -> None:
+        """It answered ``kernel_info`` after a launch or adoption: idle unless its status says otherwise."""
+        if self.execution_state in ("starting", "busy"):
+            self.execution_state = "idle"
+
+    def unresponsive(self) -> None:
+        """A reattached kernel that did not answer yet: listed as busy until its status says more."""
+        self.execution_state = "busy"
+
+    def restarting(self, automatic: bool) -> None:
+        """A restart begins; its clients hear ``restarting`` only when the kernel died (jupyter_server's rule)."""
+        self.busy_with = "restarting"
+        if automatic:
+            self.broadcast_status("restarting")
+
+    def restarted(self) -> None:
+        self.busy_with = None
+        self.execution_state = "idle"
+
+    def shutting_down(self, reason: str) -> None:
+        """A shutdown begins: clients are closed (1000) and status updates no longer count."""
+        self.busy_with = "shutting down"
+        self.disconnect_all(1000, reason)
+
+    def declare_dead(self, close: bool = True, reason: str = "") -> None:
+        """Dead for good (restart limit, failed restart, a dead kernel jkg cannot restart): clients are told."""
+        self.busy_with = None
+        if close:
+            self.channels.close()
+        self.broadcast_status("dead", reason)
+
+    def heard(self, answered: bool) -> None:
+        """One heartbeat ping's outcome: three misses in a row mean dead (or hung); an answer revives it."""
+        if answered:
+            self.heartbeat_misses = 0
+            if self.dead_by_heartbeat:
+                self.dead_by_heartbeat = False
+                log.info("kernel {id} answers its heartbeat again", id=self.id)
+                self.broadcast_status("idle")
+            return
+        self.heartbeat_misses += 1
+        if self.heartbeat_misses >= 3 and not self.dead_by_heartbeat and self.execution_state != "dead":
+            log.warn("kernel {id} missed {n} heartbeats: dead or hung", id=self.id, n=self.heartbeat_misses)
+            self.dead_by_heartbeat = True
+            self.broadcast_status("dead")
+
     def died(self) -> int:
         """The process was found dead: count it; return the deaths in a row so far.
 
@@ -166,8 +212,8 @@ class ManagedKernel:
     # sockets until one catches up, instead of piling up here.  A client that
     # reads nothing does not hold the others back: it stops counting after
     # FLOW_STALL seconds, its backlog then grows and its own limit drops it.
-    # Clients tell their backlog through an optional ``outgoing()`` ->
-    # ``(bytes waiting, bytes taken so far)``; without it there is no flow control.
+    # Clients tell their backlog through ``outgoing()`` -> ``(bytes waiting, bytes
+    # taken so far)`` (IKernelClient); one that cannot tell (None) turns flow control off.
 
     def _flow_levels(self) -> dict | None:
         """session -> bytes waiting, for the clients still reading; None if one cannot tell."""
@@ -175,10 +221,10 @@ class ManagedKernel:
         flow = self._flow
         levels = {}
         for session_id, client in self.clients.items():
-            outgoing = getattr(client, "outgoing", None)
-            if outgoing is None:
+            backlog = client.outgoing()
+            if backlog is None:
                 return None
-            waiting, taken = outgoing()
+            waiting, taken = backlog
             seen = flow.get(session_id)
             if seen is None or taken != seen[0]:
                 flow[session_id] = [taken, now]
@@ -189,16 +235,14 @@ class ManagedKernel:
 
     def _flow_check(self) -> None:
         for client in self.clients.values():  # cheap way out: someone keeps up
-            outgoing = getattr(client, "outgoing", None)
-            if outgoing is None or outgoing()[0] <= FLOW_HIGH:
+            backlog = client.outgoing()
+            if backlog is None or backlog[0] <= FLOW_HIGH:
                 return
         levels = self._flow_levels()
         if levels and min(levels.values()) > FLOW_HIGH:
-            pause = getattr(self.channels, "pause_iopub", None)
-            if pause is not None:
-                pause()
-                self._flow_paused = self.channels
-                self._clock.callLater(FLOW_POLL, self._flow_poll)
+            self.channels.pause_iopub()
+            self._flow_paused = self.channels
+            self._clock.callLater(FLOW_POLL, self._flow_poll)
 
     def _flow_poll(self) -> None:
         channels = self._flow_paused
@@ -283,7 +327,7 @@ class ManagedKernel:
         self._flow.pop(client.session_id, None)
         if self.busy_with == "shutting down":
             return
-        slow = getattr(client, "dropped_as_slow", 0)
+        slow = client.dropped_as_slow
         if slow:
             if len(self._slow_replays) >= MAX_SLOW_REPLAYS:
                 self._slow_replays.pop(next(iter(self._slow_replays)))

@@ -19,8 +19,10 @@ from jupyter_client.manager import AsyncKernelManager
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from ..errors import KernelLaunchError, NotFound, UnknownKernelSpec
+from ..interfaces import ILaunchedKernel
 from ..provisioners import engines
 from .runtime import GATEWAY_PID_KEY, connection_file_path
 from .stderr import StderrTail
@@ -110,8 +112,12 @@ def _resource_files(folder: str) -> list[str]:
         return []
 
 
+@implementer(ILaunchedKernel)
 class LaunchedKernel:
     """One kernel process (or remote kernel) as its provisioner reports it."""
+
+    can_restart = True
+    owned = True
 
     def __init__(self, manager: AsyncKernelManager, stderr=None):
         self._manager = manager

@@ -174,7 +174,7 @@ class KernelRegistry(Service):
         except Exception:
             kernel.channels.close()
             raise
-        kernel.execution_state = "idle"
+        kernel.became_ready()
         self.kernels[kernel_id] = kernel
         self._locks[kernel_id] = DeferredLock()
         log.info("serving existing kernel {id} ({name}) from {source}", id=kernel_id, name=name, source=source)
@@ -196,13 +196,9 @@ class KernelRegistry(Service):
         if self.store is None:
             return
         try:
-            launched = kernel.launched
-            if hasattr(launched, "record_info"):
-                pid, provisioner_info = yield launched.record_info()
-            else:
-                pid, provisioner_info = launched.pid, {}
+            pid, provisioner_info = yield kernel.launched.record_info()
             yield self.store.save(KernelRecord(
-                id=kernel.id, name=kernel.name, owner=kernel.owner, connection_info=launched.connection_info,
+                id=kernel.id, name=kernel.name, owner=kernel.owner, connection_info=kernel.launched.connection_info,
                 pid=pid, start_time=process_start_time(pid) if pid else None, provisioner_info=provisioner_info,
                 env=kernel.env, language=kernel.language, created=isoformat(kernel.created),
                 last_activity=isoformat(kernel.last_activity)))
@@ -263,10 +259,10 @@ class KernelRegistry(Service):
         kernel.owner, kernel.language, kernel.env = record.owner, record.language, record.env
         try:
             yield kernel.wait_ready(10, channel="control")
-            kernel.execution_state = "idle"
+            kernel.became_ready()
         except KernelLaunchError:
             log.warn("reattached kernel {id} does not answer yet; listing it as busy", id=record.id)
-            kernel.execution_state = "busy"
+            kernel.unresponsive()
         self.kernels[kernel.id] = kernel
         self._locks[kernel.id] = DeferredLock()
         log.info("reattached kernel {id} ({name}, pid {pid})", id=kernel.id, name=kernel.name, pid=record.pid)
@@ -333,13 +329,13 @@ class KernelRegistry(Service):
         except KernelLaunchError as error:
             kernel.channels.close()
             yield launched.shutdown(now=True)
-            tail = launched.stderr_tail() if hasattr(launched, "stderr_tail") else ""
+            tail = launched.stderr_tail()
             raise KernelLaunchError(f"{error.message}; kernel stderr: {tail}" if tail else error.message) from None
         except Exception:
             kernel.channels.close()
             yield launched.shutdown(now=True)
             raise
-        kernel.execution_state = "idle" if kernel.execution_state in ("starting", "busy") else kernel.execution_state
+        kernel.became_ready()
         return kernel
 
     # -- operations on one kernel ----------------------------------------------
@@ -359,7 +355,7 @@ class KernelRegistry(Service):
         not send it.
         """
         kernel = self.get(kernel_id, tenant)
-        if not getattr(kernel.launched, "can_restart", True):
+        if not kernel.launched.can_restart:
             raise Conflict(f"kernel {kernel_id} was started outside jkg and cannot be restarted by it")
         lock = self._locks[kernel_id]
         if lock.locked:
@@ -368,9 +364,7 @@ class KernelRegistry(Service):
 
     @inlineCallbacks
     def _restart(self, kernel: ManagedKernel, automatic: bool):
-        kernel.busy_with = "restarting"
-        if automatic:
-            kernel.broadcast_status("restarting")
+        kernel.restarting(automatic)
         try:
             kernel.channels.close()
             yield kernel.launched.restart(now=automatic)
@@ -379,12 +373,10 @@ class KernelRegistry(Service):
                 kernel.broadcast_status("starting")
             yield kernel.wait_ready(self.config.kernel_launch_timeout)
         except Exception as error:  # noqa: BLE001 - whatever failed, the kernel is reported dead below
-            kernel.busy_with = None
             log.error("kernel {id} could not be restarted: {error}", id=kernel.id, error=error)
-            kernel.broadcast_status("dead")
+            kernel.declare_dead(close=False)
             raise KernelLaunchError(f"kernel {kernel.id} could not be restarted: {error}") from None
-        kernel.busy_with = None
-        kernel.execution_state = "idle"
+        kernel.restarted()
         self._persist(kernel)
         log.info("restarted kernel {id}{why}", id=kernel.id, why=" after it died" if automatic else "")
         metrics.kernel_restarted(automatic)
@@ -398,15 +390,14 @@ class KernelRegistry(Service):
 
     @inlineCallbacks
     def _shutdown(self, kernel: ManagedKernel):
-        kernel.busy_with = "shutting down"
-        kernel.disconnect_all(1000, "kernel shut down")
+        kernel.shutting_down("kernel shut down")
         try:
             # channels stay open meanwhile: a kernel jkg did not launch is asked over them to shut down
             yield kernel.launched.shutdown(now=False)
         finally:
             kernel.channels.close()
-        yield self._forget(kernel.id, launched_here=getattr(kernel.launched, "can_restart", True))
-        if getattr(kernel.launched, "owned", True):
+        yield self._forget(kernel.id, launched_here=kernel.launched.can_restart)
+        if kernel.launched.owned:
             log.info("shut down kernel {id}", id=kernel.id)
         else:
             log.info("detached kernel {id}: it was started outside jkg and keeps running", id=kernel.id)
@@ -445,26 +436,10 @@ class KernelRegistry(Service):
         timeout = self.config.heartbeat_interval
         pings = []
         for kernel in list(self.kernels.values()):
-            ping = getattr(kernel.channels, "ping", None)
-            if ping is None or kernel.busy_with is not None or self._locks[kernel.id].locked \
-                    or kernel.channels.closed:
+            if kernel.busy_with is not None or self._locks[kernel.id].locked or kernel.channels.closed:
                 continue
-            pings.append(ping(timeout).addCallback(self._heard, kernel))
+            pings.append(kernel.channels.ping(timeout).addCallback(kernel.heard))
         return DeferredList(pings, consumeErrors=True)
-
-    def _heard(self, answered: bool, kernel: ManagedKernel) -> None:
-        if answered:
-            kernel.heartbeat_misses = 0
-            if kernel.dead_by_heartbeat:
-                kernel.dead_by_heartbeat = False
-                log.info("kernel {id} answers its heartbeat again", id=kernel.id)
-                kernel.broadcast_status("idle")
-            return
-        kernel.heartbeat_misses += 1
-        if kernel.heartbeat_misses >= 3 and not kernel.dead_by_heartbeat and kernel.execution_state != "dead":
-            log.warn("kernel {id} missed {n} heartbeats: dead or hung", id=kernel.id, n=kernel.heartbeat_misses)
-            kernel.dead_by_heartbeat = True
-            kernel.broadcast_status("dead")
 
     # -- crash recovery -------------------------------------------------------
     def _watch(self) -> Deferred:
@@ -489,21 +464,18 @@ class KernelRegistry(Service):
                 kernel.seen_alive()
             return
         kernel.died()
-        reason = kernel.launched.death_reason() if hasattr(kernel.launched, "death_reason") else ""
+        reason = kernel.launched.death_reason()
         if reason:
             log.error("kernel {id} is dead: {reason}", id=kernel.id, reason=reason)
-            kernel.channels.close()
-            kernel.broadcast_status("dead", reason)
+            kernel.declare_dead(reason=reason)
             return
-        if not getattr(kernel.launched, "can_restart", True):
+        if not kernel.launched.can_restart:
             log.warn("kernel {id}, started outside jkg, died", id=kernel.id)
-            kernel.channels.close()
-            kernel.broadcast_status("dead")
+            kernel.declare_dead()
             return
         if kernel.restart_count > self.config.restart_limit:
             log.error("kernel {id} died and exceeded its restart limit; it is dead", id=kernel.id)
-            kernel.channels.close()
-            kernel.broadcast_status("dead")
+            kernel.declare_dead()
             return
         log.warn("kernel {id} died; restarting ({n}/{limit})", id=kernel.id, n=kernel.restart_count,
                  limit=self.config.restart_limit)

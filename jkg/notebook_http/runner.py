@@ -48,6 +48,7 @@ class KernelRunner:
         self.on_lost = on_lost
         self.lost = False
         self.tenant: str | None = None  # who holds it now (the pool's bookkeeping)
+        self.dropped_as_slow = 0  # it reads everything at once
         self._current: tuple[str, CellOutput, Deferred] | None = None
         self.kernel = registry.attach(kernel_id, self)  # an IAttachedKernel
 
@@ -83,6 +84,9 @@ class KernelRunner:
 
     def disconnect(self, code, reason) -> None:
         self._lose(str(reason))
+
+    def outgoing(self):
+        return None  # nothing waits: output is collected as it arrives
 
     # -- executing ---------------------------------------------------------------
     def execute(self, code: str) -> Deferred:
