@@ -12,6 +12,7 @@ import pytest
 import websocket
 from twisted.internet.task import Clock
 
+from jkg.kernels import flow
 from jkg.kernels import kernel as kernel_module
 from jkg.kernels.kernel import ManagedKernel
 from jkg.kernels.messages import KernelMessage
@@ -158,19 +159,19 @@ def test_iopub_is_paused_while_every_reading_client_is_behind():
     a, b = Reader("a"), Reader("b")
     kernel.attach(a)
     kernel.attach(b)
-    a.waiting = kernel_module.FLOW_HIGH + 1
+    a.waiting = flow.FLOW_HIGH + 1
     kernel.channels.on_message(iopub(1))
     assert not kernel.channels.paused  # b keeps up
-    b.waiting = kernel_module.FLOW_HIGH + 1
+    b.waiting = flow.FLOW_HIGH + 1
     kernel.channels.on_message(iopub(2))
     assert kernel.channels.paused
     for _ in range(3):  # both still behind, both reading
         a.taken += 1
         b.taken += 1
-        clock.advance(kernel_module.FLOW_POLL)
+        clock.advance(flow.FLOW_POLL)
     assert kernel.channels.paused
-    b.waiting = kernel_module.FLOW_LOW - 1
-    clock.advance(kernel_module.FLOW_POLL)
+    b.waiting = flow.FLOW_LOW - 1
+    clock.advance(flow.FLOW_POLL)
     assert not kernel.channels.paused
 
 
@@ -178,12 +179,12 @@ def test_a_client_that_reads_nothing_does_not_hold_the_kernel_back():
     kernel, clock = make_kernel(channels=PausableChannels)
     stalled = Reader("stalled")
     kernel.attach(stalled)
-    stalled.waiting = kernel_module.FLOW_HIGH + 1
+    stalled.waiting = flow.FLOW_HIGH + 1
     kernel.channels.on_message(iopub(1))
     assert kernel.channels.paused
-    steps = int(kernel_module.FLOW_STALL / kernel_module.FLOW_POLL) + 2
+    steps = int(flow.FLOW_STALL / flow.FLOW_POLL) + 2
     for _ in range(steps):
-        clock.advance(kernel_module.FLOW_POLL)
+        clock.advance(flow.FLOW_POLL)
     assert not kernel.channels.paused  # it took nothing: it no longer counts
     kernel.channels.on_message(iopub(2))
     assert not kernel.channels.paused and kernel.channels.pauses == 1

@@ -208,8 +208,7 @@ def test_culling_on_a_fake_clock():
         assert set(registry.kernels) == {connected.id, busy.id}
         assert idle.launched.shutdowns == 1
     finally:
-        registry._watcher.stop()
-        registry._culler.stop()
+        registry.timers.stopService()
 
 
 def test_heartbeat_marks_silent_kernels_dead_and_revives_them():
@@ -235,9 +234,7 @@ def test_heartbeat_marks_silent_kernels_dead_and_revives_them():
         clock.advance(1)
         assert kernel.model()["execution_state"] == "idle"
     finally:
-        for loop in (registry._watcher, registry._culler, registry._heart):
-            if loop.running:
-                loop.stop()
+        registry.timers.stopService()
 
 
 def test_admins_see_who_owns_each_session_as_in_their_kernel_listing():
@@ -277,9 +274,7 @@ def _dying_kernel(clock, restart_limit: int, lifetime: float):
 
 
 def _stop_loops(registry):
-    for loop in (registry._watcher, registry._culler, registry._heart):
-        if loop.running:
-            loop.stop()
+    registry.timers.stopService()
 
 
 def test_a_kernel_that_dies_a_second_after_every_start_is_dead_at_the_restart_limit():

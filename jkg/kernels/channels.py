@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from typing import Callable, Sequence
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -65,7 +65,7 @@ class KernelChannels:
         self.on_connected: Callable[[], None] | None = None
         self.closed = False
         self._hb: ZmtpConnection | None = None  # opened by the first ping
-        self._pings: dict[bytes, tuple[Deferred, object]] = {}
+        self._pings: dict[bytes, Deferred] = {}
         self._waiting = {"iopub", *REQUEST_CHANNELS}  # handshakes not yet completed
         self._sockets: dict[str, ZmtpConnection] = {}
         self._sockets["iopub"] = ZmtpConnection(
@@ -106,28 +106,20 @@ class KernelChannels:
         comes back as it went.  The connection is opened by the first ping and
         kept; pings to an unreachable kernel wait (bounded) until it answers.
         """
-        answered: Deferred = Deferred()
         if self.closed or "hb_port" not in self._info:
-            answered.callback(False)
-            return answered
+            return succeed(False)
         if self._hb is None:
             self._hb = ZmtpConnection(self._zmq, b"DEALER", _address(self._info, "hb"), self._echo)
         token = b"jkg-ping-" + uuid.uuid4().hex.encode("ascii")
-
-        def expire() -> None:
-            if self._pings.pop(token, None) is not None:
-                answered.callback(False)
-
-        self._pings[token] = (answered, self._zmq.reactor.callLater(timeout, expire))
+        answered: Deferred = Deferred(lambda d: self._pings.pop(token, None))
+        answered.addTimeout(timeout, self._zmq.reactor, onTimeoutCancel=lambda result, timeout: False)
+        self._pings[token] = answered
         self._hb.send([b"", token])
         return answered
 
     def _echo(self, frames: list) -> None:
-        pending = self._pings.pop(bytes(frames[-1]), None) if frames else None
-        if pending is not None:
-            answered, timer = pending
-            if timer.active():
-                timer.cancel()
+        answered = self._pings.pop(bytes(frames[-1]), None) if frames else None
+        if answered is not None:
             answered.callback(True)
 
     def pause_iopub(self) -> None:
@@ -177,7 +169,5 @@ class KernelChannels:
         self._sockets.clear()
         self._hb = None
         pings, self._pings = self._pings, {}
-        for answered, timer in pings.values():
-            if timer.active():
-                timer.cancel()
-            answered.callback(False)
+        for answered in pings.values():
+            answered.callback(False)  # (its timeout is cancelled with it)

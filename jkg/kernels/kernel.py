@@ -18,6 +18,7 @@ from ..metrics import TRAFFIC
 from ..errors import BadRequest, KernelLaunchError
 from ..interfaces import IAttachedKernel
 from .messages import KernelMessage, isoformat, loads, local_message, make_message_parts, status_parts, utcnow
+from .flow import IopubFlow
 from .replay import ReplayBuffer
 
 log = Logger()
@@ -25,14 +26,6 @@ log = Logger()
 MAX_PENDING = 10_000
 #: Sessions dropped for reading too slowly whose output is kept for them at once.
 MAX_SLOW_REPLAYS = 8
-#: iopub flow control (see ManagedKernel._flow_check): stop reading the kernel's
-#: iopub while every client that reads has more than FLOW_HIGH bytes waiting, go on
-#: once one of them is under FLOW_LOW.  A client that took nothing for FLOW_STALL
-#: seconds does not count (it is left to its own buffer limit).
-FLOW_HIGH = 8 * 1024 * 1024
-FLOW_LOW = 2 * 1024 * 1024
-FLOW_STALL = 0.25
-FLOW_POLL = 0.005
 NUDGE_INTERVAL = 0.5
 CLIENT_CHANNELS = frozenset({"shell", "control", "stdin"})
 #: Seconds a kernel must stay up after its last death before its automatic
@@ -71,8 +64,7 @@ class ManagedKernel:
         self._replay_limit = replay_limit
         self._replay: ReplayBuffer | None = None  # the last client's, while nobody is attached
         self._slow_replays: dict[str, ReplayBuffer] = {}  # sessions dropped for reading too slowly
-        self._flow: dict[str, list] = {}  # session -> [bytes taken, when it last took some]
-        self._flow_paused = None  # the channels whose iopub reading is paused
+        self._flow = IopubFlow(self, clock)
         self._pending: dict[str, str] = {}  # request msg_id -> session_id
         self._internal: dict[str, Callable[[KernelMessage], None]] = {}
         self._quiet: set[str] = set()  # the gateway's own requests: their iopub stays private
@@ -198,65 +190,13 @@ class ManagedKernel:
             # a copy: a client that turns out too slow detaches during delivery
             for client in list(self.clients.values()):
                 client.deliver(message)
-            if message.channel == "iopub" and self._flow_paused is None:
-                self._flow_check()
+            if message.channel == "iopub":
+                self._flow.check()
         elif self._replay is not None:
             self._replay.append(message)
         if self._slow_replays:
             for replay in self._slow_replays.values():
                 replay.append(message)
-
-    # -- iopub flow control ------------------------------------------------------
-    # The gateway reads a kernel's output at the pace of its fastest client: when
-    # every client that is reading has a backlog, iopub is left in the kernel's
-    # sockets until one catches up, instead of piling up here.  A client that
-    # reads nothing does not hold the others back: it stops counting after
-    # FLOW_STALL seconds, its backlog then grows and its own limit drops it.
-    # Clients tell their backlog through ``outgoing()`` -> ``(bytes waiting, bytes
-    # taken so far)`` (IKernelClient); one that cannot tell (None) turns flow control off.
-
-    def _flow_levels(self) -> dict | None:
-        """session -> bytes waiting, for the clients still reading; None if one cannot tell."""
-        now = self._clock.seconds()
-        flow = self._flow
-        levels = {}
-        for session_id, client in self.clients.items():
-            backlog = client.outgoing()
-            if backlog is None:
-                return None
-            waiting, taken = backlog
-            seen = flow.get(session_id)
-            if seen is None or taken != seen[0]:
-                flow[session_id] = [taken, now]
-            elif now - seen[1] > FLOW_STALL:
-                continue  # not reading: does not count
-            levels[session_id] = waiting
-        return levels
-
-    def _flow_check(self) -> None:
-        for client in self.clients.values():  # cheap way out: someone keeps up
-            backlog = client.outgoing()
-            if backlog is None or backlog[0] <= FLOW_HIGH:
-                return
-        levels = self._flow_levels()
-        if levels and min(levels.values()) > FLOW_HIGH:
-            self.channels.pause_iopub()
-            self._flow_paused = self.channels
-            self._clock.callLater(FLOW_POLL, self._flow_poll)
-
-    def _flow_poll(self) -> None:
-        channels = self._flow_paused
-        if channels is None:
-            return
-        if channels is not self.channels:  # reconnected meanwhile: the new sockets read
-            self._flow_paused = None
-            return
-        levels = self._flow_levels() if self.clients else None
-        if not levels or min(levels.values()) < FLOW_LOW:
-            self._flow_paused = None
-            channels.resume_iopub()
-        else:
-            self._clock.callLater(FLOW_POLL, self._flow_poll)
 
     def _deliver_to_session(self, session_id: str, message: KernelMessage) -> None:
         client = self.clients.get(session_id)
@@ -324,7 +264,7 @@ class ManagedKernel:
         if self.clients.get(client.session_id) is not client:
             return
         del self.clients[client.session_id]
-        self._flow.pop(client.session_id, None)
+        self._flow.forget(client.session_id)
         if self.busy_with == "shutting down":
             return
         slow = client.dropped_as_slow
@@ -340,7 +280,7 @@ class ManagedKernel:
         clients, self.clients = list(self.clients.values()), {}
         self._replay = None
         self._slow_replays.clear()
-        self._flow.clear()
+        self._flow.forget_all()
         for client in clients:
             client.disconnect(code, reason)
 
@@ -361,10 +301,22 @@ class ManagedKernel:
         every half second until a reply *and* an iopub message have arrived,
         as jupyter_server does.  Fails early if the process dies.
         """
-        ready: Deferred = Deferred()
         state = {"reply": None, "ticks": 0, "ids": []}
-        deadline = self._clock.seconds() + timeout
         session = f"jkg-nudge-{self.id}"
+
+        def clean_up(_=None) -> None:
+            self._readiness_check = None
+            self.channels.on_connected = None
+            for msg_id in state["ids"]:
+                self._internal.pop(msg_id, None)
+            call = state.get("call")
+            if call is not None and call.active():
+                call.cancel()
+
+        def expired(result, after) -> None:
+            raise KernelLaunchError(f"kernel {self.name} did not answer kernel_info within {after:g} s")
+
+        ready: Deferred = Deferred(clean_up)
 
         def on_reply(message: KernelMessage) -> None:
             state["reply"] = message
@@ -377,13 +329,7 @@ class ManagedKernel:
         def finish(result) -> None:
             if ready.called:
                 return
-            self._readiness_check = None
-            self.channels.on_connected = None
-            for msg_id in state["ids"]:
-                self._internal.pop(msg_id, None)
-            call = state.get("call")
-            if call is not None and call.active():
-                call.cancel()
+            clean_up()
             if isinstance(result, Exception):
                 ready.errback(result)
             else:
@@ -396,9 +342,6 @@ class ManagedKernel:
         def tick() -> None:
             check()
             if ready.called:
-                return
-            if self._clock.seconds() >= deadline:
-                finish(KernelLaunchError(f"kernel {self.name} did not answer kernel_info within {timeout:g} s"))
                 return
             parts = make_message_parts("kernel_info_request", {}, session)
             msg_id = loads(parts[0])["msg_id"]
@@ -415,6 +358,7 @@ class ManagedKernel:
 
         self._readiness_check = check
         self.channels.on_connected = check
+        ready.addTimeout(timeout, self._clock, onTimeoutCancel=expired)
         tick()
         return ready
 
@@ -426,20 +370,17 @@ class ManagedKernel:
         """
         parts = make_message_parts(msg_type, content, f"jkg-{self.id}")
         msg_id = loads(parts[0])["msg_id"]
-        answered: Deferred = Deferred()
+        answered: Deferred = Deferred(lambda d: self._internal.pop(msg_id, None))
 
         def on_reply(message: KernelMessage) -> None:
-            if call.active():
-                call.cancel()
             answered.callback(loads(message.parts[3]))
 
-        def expire() -> None:
-            self._internal.pop(msg_id, None)
-            answered.errback(KernelLaunchError(f"kernel {self.name} did not answer {msg_type} within {timeout:g} s"))
+        def expired(result, after) -> None:
+            raise KernelLaunchError(f"kernel {self.name} did not answer {msg_type} within {after:g} s")
 
         self._internal[msg_id] = on_reply
         self._quiet.add(msg_id)
-        call = self._clock.callLater(timeout, expire)
+        answered.addTimeout(timeout, self._clock, onTimeoutCancel=expired)
         self.channels.send(channel, parts)
         return answered
 

@@ -13,7 +13,6 @@ from typing import Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredLock, inlineCallbacks
-from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,10 +25,11 @@ from ..errors import Conflict, KernelDead, KernelLaunchError, UnknownKernel, Unk
 from ..interfaces import IKernelRegistry
 from .env import kernel_env, launch_timeout, validate_client_env
 from .kernel import ManagedKernel
-from .lifecycle import CullPolicy, env_injection, parse_pool_sizes, python_env_update_code
+from .lifecycle import env_injection, parse_pool_sizes, python_env_update_code
 from .messages import isoformat, utcnow
 from .external import ExternalKernel
 from .pool import WarmPool
+from .watch import watch_services
 from .runtime import remove_connection_file, remove_stale_files
 from .seed import run_seed
 from .adopt import adopt_through_provisioner
@@ -67,13 +67,8 @@ class KernelRegistry(Service):
         self._inflight: set[Deferred] = set()
         self._locks: dict[str, DeferredLock] = {}
         self._stopping = False
-        self._watcher = LoopingCall(self._watch)
-        self._watcher.clock = clock
-        self.cull_policy = CullPolicy(config.cull_idle_timeout, config.cull_connected, config.cull_busy)
-        self._culler = LoopingCall(self._cull)
-        self._culler.clock = clock
-        self._heart = LoopingCall(self._beat)
-        self._heart.clock = clock
+        #: the crash watch, the culler and the heartbeat (TimerServices), started and stopped with the registry
+        self.timers = watch_services(self, config, clock)
         sizes = parse_pool_sizes(config.pool, config.prespawn_count,
                                  default_kernel_name(config, launcher.specs.default_name))
         self.base_env = kernel_env({}, self._environ, config.env_process_whitelist, config.env_whitelist)
@@ -413,98 +408,31 @@ class KernelRegistry(Service):
         kernel.attach(client)
         return kernel
 
-    # -- culling ---------------------------------------------------------------
-    def _cull(self) -> Deferred:
-        now = utcnow()
-        doomed = [kernel for kernel in self.kernels.values()
-                  if self.cull_policy.should_cull(kernel.last_activity, now, len(kernel.clients),
-                                                  kernel.execution_state)
-                  and not self._locks[kernel.id].locked]
-        for kernel in doomed:
-            log.info("culling kernel {id}: inactive since {since}", id=kernel.id, since=kernel.last_activity)
-            metrics.kernel_culled()
-        return DeferredList([self.shutdown(kernel.id) for kernel in doomed], consumeErrors=True)
+    # -- for the watch (jkg.kernels.watch) ------------------------------------
+    def busy(self, kernel_id: str) -> bool:
+        """Whether a restart or shutdown of the kernel is under way (the watch leaves it alone)."""
+        lock = self._locks.get(kernel_id)
+        return lock is None or lock.locked
 
-    # -- heartbeat ------------------------------------------------------------
-    def _beat(self) -> Deferred:
-        """Ping every kernel on its hb channel; three misses in a row mean dead (or hung).
-
-        This catches what polling a process cannot: a kernel without a known
-        process (bridged, remote) that died, and a live process that stopped
-        answering.  A kernel that answers again comes back as idle.
-        """
-        timeout = self.config.heartbeat_interval
-        pings = []
-        for kernel in list(self.kernels.values()):
-            if kernel.busy_with is not None or self._locks[kernel.id].locked or kernel.channels.closed:
-                continue
-            pings.append(kernel.channels.ping(timeout).addCallback(kernel.heard))
-        return DeferredList(pings, consumeErrors=True)
-
-    # -- crash recovery -------------------------------------------------------
-    def _watch(self) -> Deferred:
-        checks = [self._check(kernel) for kernel in list(self.kernels.values())
-                  if kernel.execution_state != "dead" and not self._locks[kernel.id].locked]
-        if self.pool is not None:
-            checks += [self._check_pooled(kernel) for kernel in self.pool.pooled()]
-        return DeferredList(checks, consumeErrors=True)
-
-    @inlineCallbacks
-    def _check_pooled(self, kernel):
-        alive = yield kernel.launched.is_alive()
-        if not alive:
-            log.warn("pooled kernel {id} died; replacing it", id=kernel.id)
-            self.pool.discard_dead(lambda k: k is kernel)
-
-    @inlineCallbacks
-    def _check(self, kernel: ManagedKernel):
-        alive = yield kernel.launched.is_alive()
-        if alive or kernel.id not in self.kernels or self._locks[kernel.id].locked:
-            if alive:
-                kernel.seen_alive()
-            return
-        kernel.died()
-        reason = kernel.launched.death_reason()
-        if reason:
-            log.error("kernel {id} is dead: {reason}", id=kernel.id, reason=reason)
-            kernel.declare_dead(reason=reason)
-            return
-        if not kernel.launched.can_restart:
-            log.warn("kernel {id}, started outside jkg, died", id=kernel.id)
-            kernel.declare_dead()
-            return
-        if kernel.restart_count > self.config.restart_limit:
-            log.error("kernel {id} died and exceeded its restart limit; it is dead", id=kernel.id)
-            kernel.declare_dead()
-            return
-        log.warn("kernel {id} died; restarting ({n}/{limit})", id=kernel.id, n=kernel.restart_count,
-                 limit=self.config.restart_limit)
-        try:
-            yield self._locks[kernel.id].run(self._restart, kernel, automatic=True)
-        except KernelLaunchError:
-            pass
+    def restart_automatically(self, kernel: ManagedKernel) -> Deferred:
+        """Restart a kernel that died (clients see ``restarting``)."""
+        return self._locks[kernel.id].run(self._restart, kernel, automatic=True)
 
     # -- service -------------------------------------------------------------
     def startService(self) -> None:  # noqa: N802 - Twisted API
         super().startService()
-        self._watcher.start(self.config.kernel_poll_interval, now=False)
-        if self.cull_policy.enabled:
-            self._culler.start(self.config.cull_interval, now=False)
-        if self.config.heartbeat_interval:
-            self._heart.start(self.config.heartbeat_interval, now=False)
+        self.timers.startService()
         if self.pool is not None:
             self._clock.callLater(0, self.pool.refill)  # after the asyncio loop runs
         if self.store is not None:
-            self.store.start()
+            self.store.startService()
         self._clock.callLater(0, self.reattach_all)
 
     @inlineCallbacks
     def stopService(self):  # noqa: N802 - Twisted API
         """Shut every kernel down and fire only when all processes are gone."""
         self._stopping = True
-        for loop in (self._watcher, self._culler, self._heart):
-            if loop.running:
-                loop.stop()
+        yield self.timers.stopService()
         if self.pool is not None:
             yield self.pool.stop()
         yield DeferredList(list(self._inflight), consumeErrors=True)
@@ -521,6 +449,5 @@ class KernelRegistry(Service):
                 log.info("shutting down {n} kernel(s)", n=len(kernel_ids))
             yield DeferredList([self.shutdown(kernel_id) for kernel_id in kernel_ids], consumeErrors=True)
         if self.store is not None:
-            yield self.store.close()
-            self.store.stop()
+            yield self.store.stopService()
         yield super().stopService()

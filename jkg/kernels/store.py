@@ -14,6 +14,8 @@ import os
 import sqlite3
 from dataclasses import asdict, dataclass, field
 
+from twisted.application.service import Service
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -49,24 +51,38 @@ class KernelRecord:
         return cls(**json.loads(text))
 
 
-class KernelStore:
-    """Save, delete and load :class:`KernelRecord` objects off the reactor thread."""
+class KernelStore(Service):
+    """Save, delete and load :class:`KernelRecord` objects off the reactor thread.
 
-    def __init__(self, path: str, reactor):
+    A Twisted ``Service``: its one database thread runs while it is started;
+    stopping it closes the database, ends the thread and releases the lock
+    taken by :func:`open_store` (another gateway may then take over).  The
+    registry starts it and stops it last, after the kernels' final records.
+
+    :param lock_fd: the open lock file (locked with ``flock``), held while the store lives.
+    """
+
+    name = "state-db"
+
+    def __init__(self, path: str, reactor, lock_fd: int | None = None):
         self.path = path
+        self.lock_fd = lock_fd
         self._reactor = reactor
         self._pool = ThreadPool(1, 1, name="jkg-state-db")
         self._connection: sqlite3.Connection | None = None
 
-    def start(self) -> None:
+    def startService(self) -> None:  # noqa: N802 - Twisted API
+        super().startService()
         self._pool.start()
 
-    def stop(self) -> None:
+    @inlineCallbacks
+    def stopService(self):  # noqa: N802 - Twisted API
+        super().stopService()
         if self._pool.started:
+            yield self.close()
             self._pool.stop()
-        lock = getattr(self, "lock_fd", None)
-        if lock is not None:
-            os.close(lock)  # releases the flock: another gateway may take over
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)  # releases the flock: another gateway may take over
             self.lock_fd = None
 
     def _run(self, function, *args):
@@ -146,6 +162,4 @@ def open_store(setting: str, reactor) -> KernelStore | None:
         os.close(lock)
         raise StateDatabaseInUse(f"state database {path} is in use by another jkg; "
                                  "give this one its own --state-db (or --state-db none)") from None
-    store = KernelStore(path, reactor)
-    store.lock_fd = lock  # held (and the lock with it) for the life of the process
-    return store
+    return KernelStore(path, reactor, lock_fd=lock)  # the lock is held for the life of the store
