@@ -312,8 +312,14 @@ def test_a_message_on_an_unknown_channel_is_ignored_and_the_connection_stays(v1)
     assert [message.header["msg_id"] for _, message in kernel.sent] == ["m3"]
 
 
-def test_a_message_on_iopub_still_closes_with_4400():
+@pytest.mark.parametrize("frame,binary", [
+    (b"{not json", False),
+    (b'{"channel": "shell"}', False),
+    (b'{"channel": "iopub", "header": {"msg_id": "x", "msg_type": "y"}}', False),
+    (b"\x00\x00\x00\x09garbage", True),
+])
+def test_malformed_frames_close_with_4400(frame, binary):
     protocol, transport, kernel = _attached_protocol()
-    protocol.dataReceived(client_frame(1, _legacy("iopub", "m1")))
+    protocol.dataReceived(client_frame(2 if binary else 1, frame))
     assert transport.value()[:1] == b"\x88" and int.from_bytes(transport.value()[2:4], "big") == 4400
     assert kernel.sent == []
