@@ -232,7 +232,8 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     if sandboxes is not None or base_profile.sandboxed:
         from .sandbox.policy import SandboxPolicy
 
-        registry.sandbox = SandboxPolicy(base_profile, (lambda: tenants.current().sandbox) if tenants else (lambda: None))
+        tenant_profile = (lambda: tenants.current().sandbox) if tenants else (lambda: None)
+        registry.sandbox = SandboxPolicy(base_profile, tenant_profile)
     hasher = PasswordHasher(reactor, config.password_hash_threads, config.password_checks_per_address,
                             config.password_checks_per_tenant)
     portal = make_portal(config.auth_token, tenants.current if tenants else (lambda: None), hasher=hasher)

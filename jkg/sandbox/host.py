@@ -37,7 +37,8 @@ def probe_host(which=shutil.which, run=subprocess.run) -> HostSupport:
         return HostSupport(bwrap, setpriv, f"bwrap could not run: {error}")
     if result.returncode != 0:
         why = result.stderr.decode(errors="replace").strip().splitlines()
-        return HostSupport(bwrap, setpriv, f"bwrap cannot make namespaces here: {why[-1] if why else result.returncode}")
+        detail = why[-1] if why else result.returncode
+        return HostSupport(bwrap, setpriv, f"bwrap cannot make namespaces here: {detail}")
     if os.geteuid() == 0 and setpriv is None:
         return HostSupport(bwrap, None, "setpriv (util-linux) is needed to run kernels unprivileged as root")
     return HostSupport(bwrap, setpriv)

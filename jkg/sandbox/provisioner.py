@@ -69,7 +69,8 @@ class Sandboxes:
             return None, None
         if uid == 0:
             if not profile.allow_root:
-                raise SandboxError("kernels may not run as root (configure --kernel-user, or allow_root for the tenant)")
+                raise SandboxError("kernels may not run as root "
+                                   "(configure --kernel-user, or allow_root for the tenant)")
             return None, None
         return uid, gid
 
