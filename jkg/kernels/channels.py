@@ -151,9 +151,6 @@ class KernelChannels:
         if not self._signer.verify(message.parts, message.signature):
             self._zmq.errors.report(self.label, f"badly signed {channel} message")
             return
-        batch = self._zmq.batch
-        if batch.open:
-            message.batch = batch
         self._on_message(message)
 
     def close(self) -> None:

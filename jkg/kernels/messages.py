@@ -40,12 +40,11 @@ class KernelMessage:
     fanned out to many clients is serialized once per format, not once per
     client.  ``execution_state`` is set for iopub ``status`` messages (their
     content is small and parsed once, for the kernel's state and the rate
-    limits).  ``batch`` is the :class:`~jkg.kernels.zmtp_wire.ReadBatch` the message arrived in, if
-    more messages were read with it.
+    limits).
     """
 
     __slots__ = ("channel", "signature", "parts", "msg_id", "msg_type", "parent_id", "encoded",
-                 "execution_state", "batch")
+                 "execution_state")
 
     def __init__(self, channel: str, signature: bytes, parts: list, msg_id: str, msg_type: str,
                  parent_id: str | None):
@@ -57,7 +56,6 @@ class KernelMessage:
         self.parent_id = parent_id
         self.encoded: dict = {}
         self.execution_state: str | None = None
-        self.batch = None  # a jkg.kernels.zmtp_wire.ReadBatch
 
     @property
     def size(self) -> int:

@@ -36,7 +36,6 @@ class ReplayBuffer:
         # needed any more; keep only the parts, which is what the limit counts.
         if message.encoded:
             message.encoded = {}
-        message.batch = None  # replayed later, on its own
         size = message.size
         if size > self.limit:
             self.dropped += 1

@@ -30,7 +30,7 @@ from zope.interface import implementer
 from .errorlog import ProtocolErrorLog
 from .zmtp_reader import ZmtpReader
 from .zmtp_wire import (CLOSED, CONNECTING, GREETING, GREETING_WAIT, IOV_MAX, MAX_QUEUED, READ_BUFFER, READY,
-                        RECONNECT_FIRST, RECONNECT_MAX, WAITING, BufferPool, ProtocolError, ReadBatch, ReadLimits,
+                        RECONNECT_FIRST, RECONNECT_MAX, WAITING, BufferPool, ProtocolError, ReadLimits,
                         encode_message, ready_command)
 
 log = Logger()
@@ -42,7 +42,6 @@ class ZmqContext:
     def __init__(self, reactor, limits: ReadLimits | None = None, errors: ProtocolErrorLog | None = None):
         self.reactor = reactor
         self.connections: set[ZmtpConnection] = set()
-        self.batch = ReadBatch()
         self.buffers = BufferPool()
         self.limits = limits or ReadLimits()
         self.errors = errors or ProtocolErrorLog(reactor)
@@ -66,10 +65,8 @@ class ZmtpConnection(ZmtpReader):
 
     Complete messages (lists of frames) go to ``on_message(frames)``; frames
     are ``bytes``, or for large ones read-only ``memoryview``\\ s of a buffer
-    of their own.  When one read brings several messages, the gateway's
-    :class:`~jkg.kernels.zmtp_wire.ReadBatch` is open while they are handled,
-    so that clients can coalesce their writes.  ``on_ready()`` is called each
-    time the handshake with the kernel completes.
+    of their own.  ``on_ready()`` is called each time the handshake with the
+    kernel completes.
 
     :param address: ``tcp://host:port`` or ``ipc://path``.
     """

@@ -205,30 +205,13 @@ class ZmtpReader:
 
     def _dispatch(self, messages: list) -> None:
         on_message = self.on_message
-        if len(messages) == 1:
+        for frames in messages:
+            if self._state == CLOSED:
+                break
             try:
-                on_message(messages[0])
+                on_message(frames)
             except Exception:  # noqa: BLE001 - one bad message must not stop the connection
                 log.failure("handling a message from a kernel")
-            return
-        batch = self._owner.batch
-        opened = not batch.open
-        batch.open = True
-        try:
-            for frames in messages:
-                if self._state == CLOSED:
-                    break
-                try:
-                    on_message(frames)
-                except Exception:  # noqa: BLE001
-                    log.failure("handling a message from a kernel")
-        finally:
-            if opened:
-                for flush in batch.close():
-                    try:
-                        flush()
-                    except Exception:  # noqa: BLE001
-                        log.failure("writing to clients")
 
     def _command(self, data: bytes) -> None:
         if not data:

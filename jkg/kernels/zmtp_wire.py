@@ -160,30 +160,3 @@ class BufferPool:
             buffers.append(buffer)
         return buffer
 
-
-class ReadBatch:
-    """Messages read from the kernels in one go, so that writes to clients can be coalesced.
-
-    The reader of kernel sockets opens a batch when it sees that more messages
-    are waiting behind the one at hand, attaches it to the messages
-    (``KernelMessage.batch``) and closes it when none are left.  While it is
-    open, a consumer may hold back its writes and :meth:`defer` a flush: a
-    burst of small outputs then costs one ``send`` per client instead of one
-    per message.  A message read on its own has no batch and is written at once.
-    """
-
-    __slots__ = ("open", "_flushes")
-
-    def __init__(self):
-        self.open = False
-        self._flushes: list = []
-
-    def defer(self, flush) -> None:
-        """Call ``flush()`` when the batch closes."""
-        self._flushes.append(flush)
-
-    def close(self) -> list:
-        """Close the batch; return the flushes to run (the caller runs and guards them)."""
-        self.open = False
-        flushes, self._flushes = self._flushes, []
-        return flushes

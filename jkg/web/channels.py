@@ -102,7 +102,6 @@ class ChannelsProtocol(WebSocketServerProtocol):
         #: non-zero once disconnected for being too slow: the buffer limit it went over
         self.dropped_as_slow = 0
         self._outbox: Outbox | None = None  # set when the WebSocket opens
-        self._corked: list | None = None  # frames held back until the read batch ends
         self._rate_limit: IOPubRateLimit | None = None
         self._abort_call = None
 
@@ -246,31 +245,18 @@ class ChannelsProtocol(WebSocketServerProtocol):
         if self._rate_limit is not None and message.channel == "iopub":
             send, warning = self._rate_limit.admit(message)
             if warning is not None:
-                self._write(self._encode(warning_message(warning, message.parts[1], self.session_id)),
-                            message.batch)
+                self._write(self._encode(warning_message(warning, message.parts[1], self.session_id)))
             if not send:
                 return
         frame = message.encoded.get(self.wire_format)
         if frame is None:
             frame = message.encoded[self.wire_format] = self._encode(message)
-        self._write(frame, message.batch)
+        self._write(frame)
 
-    def _write(self, frame: Frame, batch=None) -> None:
-        """Send ``frame`` now, or at the end of the read ``batch`` it came in with."""
-        if batch is not None and batch.open:
-            corked = self._corked
-            if corked is not None:
-                corked.append(frame)
-            elif self._has_room():
-                self._corked = [frame]
-                batch.defer(self._flush)
-        elif self._has_room():
+    def _write(self, frame: Frame) -> None:
+        """Send ``frame`` now (what the socket does not take waits in the outbox)."""
+        if self._has_room():
             self._send((frame,))
-
-    def _flush(self) -> None:
-        frames, self._corked = self._corked, None
-        if frames and self.state == _OPEN:
-            self._outbox.write(frames)
 
     def _has_room(self) -> bool:
         """Whether more may be written; if not, the client is disconnected as too slow."""
