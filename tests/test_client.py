@@ -675,3 +675,35 @@ def jupyter_server_url(tmp_path_factory):
 @pytest.mark.parametrize("ws_protocol", ["auto", "legacy"])
 def test_client_against_jupyter_server(jupyter_server_url, ws_protocol):
     run_async(exercise_client, jupyter_server_url, ws_protocol)
+
+
+def test_cli_timeout_is_one_line_and_keeps_what_ran(gateway, tmp_path):
+    source, output = tmp_path / "slow.ipynb", tmp_path / "slow-out.ipynb"
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# slow"),
+        nbformat.v4.new_code_cell("print('first')"),
+        nbformat.v4.new_code_cell("import time\ntime.sleep(60)"),
+        nbformat.v4.new_code_cell("print('never')")])
+    nbformat.write(notebook, source)
+    env = {**os.environ, "JKG_GATEWAY_URL": gateway.url, "JKG_GATEWAY_TOKEN": TOKEN, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "jkg.client", "execute", str(source), "--output", str(output),
+                             "--timeout", "3"], cwd=REPO, env=env, capture_output=True, timeout=180)
+    stderr = result.stderr.decode()
+    assert result.returncode == 1, stderr
+    assert "Traceback" not in stderr and "\x1b[" not in stderr
+    assert [line for line in stderr.splitlines() if line.startswith("error:")] == [
+        "error: cell 3 did not finish within --timeout 3 s; the notebook is written with what ran"]
+    assert "[1/3] cell 2: print('first')" in stderr and "[2/3] cell 3: import time" in stderr
+    written = nbformat.read(output, as_version=4)
+    assert written.cells[1].outputs[0]["text"] == "first\n"
+    assert not written.cells[3].outputs
+
+
+def test_cli_error_has_no_colour_codes_off_a_terminal(gateway, tmp_path):
+    source = tmp_path / "raises.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1/0")]), source)
+    env = {**os.environ, "JKG_GATEWAY_URL": gateway.url, "JKG_GATEWAY_TOKEN": TOKEN, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "jkg.client", "execute", str(source)],
+                            cwd=REPO, env=env, capture_output=True, timeout=180)
+    stderr = result.stderr.decode()
+    assert result.returncode == 1 and "ZeroDivisionError" in stderr and "\x1b[" not in stderr

@@ -12,6 +12,8 @@ the error in it), 2 the gateway or the arguments failed.
 from __future__ import annotations
 
 import argparse
+import logging
+import re
 import sys
 
 from .errors import GatewayClientError
@@ -36,36 +38,72 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _say(text: str) -> None:
+    """A line on stderr; colour codes (from kernels' tracebacks) only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        text = _ANSI.sub("", text)
+    print(text, file=sys.stderr, flush=True)
+
+
+class _Progress:
+    """An nbclient ``on_cell_execute`` hook saying which code cell runs, e.g. ``[2/5] cell 4: import x``."""
+
+    def __init__(self, notebook):
+        self.code_cells = [index for index, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
+        self.current: int | None = None
+
+    def __call__(self, cell, cell_index):
+        self.current = cell_index
+        position = self.code_cells.index(cell_index) + 1 if cell_index in self.code_cells else "?"
+        first = next((line.strip() for line in cell.source.splitlines() if line.strip()), "")
+        _say(f"[{position}/{len(self.code_cells)}] cell {cell_index + 1}: {first[:60]}")
+
+
 def execute(args: argparse.Namespace) -> int:
     try:
         import nbformat
         from nbclient import NotebookClient
-        from nbclient.exceptions import CellExecutionError
+        from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
     except ImportError:
-        print("error: executing notebooks needs nbclient: pip install 'jkg[client]'", file=sys.stderr)
+        _say("error: executing notebooks needs nbclient: pip install '.[client]' in the jkg checkout")
         return 2
     from .manager import GatewayKernelManager
 
     try:
         notebook = nbformat.read(args.notebook, as_version=4)
     except (OSError, ValueError) as error:
-        print(f"error: cannot read {args.notebook}: {error}", file=sys.stderr)
+        _say(f"error: cannot read {args.notebook}: {error}")
         return 2
+    progress = _Progress(notebook)
     runner = NotebookClient(notebook, kernel_manager_class=GatewayKernelManager, kernel_name=args.kernel,
                             timeout=args.timeout, startup_timeout=args.startup_timeout,
-                            allow_errors=args.allow_errors)
+                            allow_errors=args.allow_errors, on_cell_execute=progress)
     status = 0
     try:
         runner.execute()
+    except CellTimeoutError:
+        # nbclient's message is a 60-line dump of the cell; what ran so far is kept and written below.
+        # Its output-polling task ends with the closed channel: not worth asyncio's "never retrieved" dump.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        where = f"cell {progress.current + 1}" if progress.current is not None else "a cell"
+        _say(f"error: {where} did not finish within --timeout {args.timeout:g} s; "
+             "the notebook is written with what ran")
+        status = 1
+    except DeadKernelError as error:
+        _say(f"error: the kernel died: {error}")
+        status = 1
     except CellExecutionError as error:
-        print(f"error: a cell raised:\n{error}", file=sys.stderr)
+        _say(f"error: a cell raised:\n{error}")
         status = 1
     except GatewayClientError as error:
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        _say(f"error: {type(error).__name__}: {error}")
         return 2
     output = args.output or args.notebook
     nbformat.write(notebook, output)
-    print(f"wrote {output}", file=sys.stderr)
+    _say(f"wrote {output}")
     return status
 
 
@@ -75,6 +113,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "execute":
             return execute(args)
     except GatewayClientError as error:  # configuration errors raised before any request
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        _say(f"error: {type(error).__name__}: {error}")
         return 2
     return 2
