@@ -271,20 +271,26 @@ def test_sessions_per_tenant_are_bounded(setup, bob_kernel):
     assert alice.request("GET", "/api/sessions").json() == []
 
 
-def test_reload_that_revokes_a_token_closes_its_websockets(setup, bob_kernel):
+def test_reload_that_revokes_a_token_or_a_password_closes_their_websockets(setup, bob_kernel):
     gateway, path, tokens = setup
     ws = As(gateway, tokens["bob"]).ws(bob_kernel)
+    alice_kernel = As(gateway, tokens["alice"]).start()["id"]
+    by_password = websocket.create_connection(
+        f"{gateway.ws_url}/api/kernels/{alice_kernel}/channels?session_id=basic",
+        header=[f"Authorization: {basic('alice', 'correct horse battery')['Authorization']}"], timeout=10)
     carol_kernel = As(gateway, tokens["carol"]).start()["id"]
     other = As(gateway, tokens["carol"]).ws(carol_kernel)
     try:
         new_token = tenants_cli("rotate", "bob", "--file", path)
+        tenants_cli("password", "alice", "--file", path, input_text="another long password\n")
         os.kill(gateway.process.pid, signal.SIGHUP)
-        ws.settimeout(15)
-        while True:  # anything still queued for it, then the close
-            opcode, data = ws.recv_data(control_frame=True)
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                break
-        assert int.from_bytes(data[:2], "big") == 4401 and b"revoked" in data[2:]
+        for revoked in (ws, by_password):
+            revoked.settimeout(15)
+            while True:  # anything still queued for it, then the close
+                opcode, data = revoked.recv_data(control_frame=True)
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    break
+            assert int.from_bytes(data[:2], "big") == 4401 and b"revoked" in data[2:]
         deadline = time.monotonic() + 10
         while As(gateway, new_token).request("GET", "/api").status_code != 200:
             assert time.monotonic() < deadline
@@ -295,4 +301,5 @@ def test_reload_that_revokes_a_token_closes_its_websockets(setup, bob_kernel):
         assert other.recv_data(control_frame=True)[0] == websocket.ABNF.OPCODE_PONG
     finally:
         ws.close()
+        by_password.close()
         other.close()
