@@ -13,33 +13,28 @@ from typing import Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredLock, inlineCallbacks
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .. import metrics
 from ..auth.quota import check_kernel_quota, default_kernel_name, kernel_to_start
-from ..procfs import pid_alive, process_start_time
 from ..errors import Conflict, KernelDead, KernelLaunchError, UnknownKernel, UnknownKernelSpec
 from ..interfaces import IKernelRegistry
 from .env import kernel_env, launch_timeout, validate_client_env
 from .kernel import ManagedKernel
 from .lifecycle import env_injection, parse_pool_sizes, python_env_update_code
-from .messages import isoformat, utcnow
-from .external import ExternalKernel
+from .messages import utcnow
+from .persistence import KernelRecords
 from .pool import WarmPool
 from .watch import watch_services
-from .runtime import remove_connection_file, remove_stale_files
 from .seed import run_seed
-from .adopt import adopt_through_provisioner
-from .store import KernelRecord
 
 log = Logger()
 
 
 @implementer(IKernelRegistry)
-class KernelRegistry(Service):
+class KernelRegistry(KernelRecords, Service):
     """Kernels by id.
 
     :param launcher: a :class:`jkg.kernels.launcher.KernelLauncher`.
@@ -183,94 +178,6 @@ class KernelRegistry(Service):
             kernel.broadcast_status("dead")
             kernel.disconnect_all(1000, reason)
             kernel.channels.close()
-
-    # -- persistence -----------------------------------------------------------
-    @inlineCallbacks
-    def _persist(self, kernel: ManagedKernel):
-        """Record the kernel so that a later gateway can reattach to it (never fails the caller)."""
-        if self.store is None:
-            return
-        try:
-            pid, provisioner_info = yield kernel.launched.record_info()
-            yield self.store.save(KernelRecord(
-                id=kernel.id, name=kernel.name, owner=kernel.owner, connection_info=kernel.launched.connection_info,
-                pid=pid, start_time=process_start_time(pid) if pid else None, provisioner_info=provisioner_info,
-                env=kernel.env, language=kernel.language, created=isoformat(kernel.created),
-                last_activity=isoformat(kernel.last_activity)))
-        except Exception:  # noqa: BLE001
-            log.failure("could not record kernel {id}", id=kernel.id)
-
-    @inlineCallbacks
-    def _forget(self, kernel_id: str, launched_here: bool = True):
-        """Drop the kernel's record and (for kernels jkg launched) its connection file."""
-        if launched_here:
-            yield deferToThread(remove_connection_file, kernel_id)
-        if self.store is not None:
-            try:
-                yield self.store.delete(kernel_id)
-            except Exception:  # noqa: BLE001
-                log.failure("could not delete the record of kernel {id}", id=kernel_id)
-
-    @inlineCallbacks
-    def reattach_all(self):
-        """Adopt every recorded kernel whose process still runs; forget the others."""
-        records = yield self.store.load_all() if self.store is not None else []
-        for record in records:
-            try:
-                yield self._reattach(record)
-            except Exception:  # noqa: BLE001
-                log.failure("could not reattach kernel {id}", id=record.id)
-                yield self._forget(record.id)
-        removed = yield deferToThread(remove_stale_files, set(self.kernels))
-        if removed:
-            log.info("removed {n} stale connection file(s) of a previous gateway", n=len(removed))
-
-    @inlineCallbacks
-    def _reattach(self, record: KernelRecord):
-        if record.id in self.kernels:
-            return
-        if record.pid is None and record.provisioner_info:  # a kernel on an engine: its provisioner knows
-            yield self._reattach_through_provisioner(record)
-            return
-        if record.pid is None or not pid_alive(record.pid, record.start_time):
-            log.info("forgetting kernel {id}: its process is gone", id=record.id)
-            yield self._forget(record.id)
-            return
-        try:
-            spec = yield self.launcher.specs.get(record.name)
-        except UnknownKernelSpec:
-            spec = {}
-        sandboxed = "sandbox" in (record.provisioner_info or {})
-        profile = self.sandbox.profile_for(record.owner, record.name) if self.sandbox is not None else None
-        launched = ExternalKernel(
-            record.connection_info, self._clock, record.pid, record.start_time,
-            interrupt_mode="message" if sandboxed else spec.get("interrupt_mode", "signal"), owned=True,
-            relaunch=lambda: self.launcher.relaunch(record.id, record.name, record.env, record.connection_info,
-                                                    sandbox=profile),
-            leftovers=record.provisioner_info.get("sandbox") if sandboxed else None)
-        kernel = ManagedKernel(record.id, record.name, launched, self._connect, self._clock,
-                               self.config.replay_buffer_limit)
-        launched.bind(kernel)
-        kernel.owner, kernel.language, kernel.env = record.owner, record.language, record.env
-        try:
-            yield kernel.wait_ready(10, channel="control")
-            kernel.became_ready()
-        except KernelLaunchError:
-            log.warn("reattached kernel {id} does not answer yet; listing it as busy", id=record.id)
-            kernel.unresponsive()
-        self.kernels[kernel.id] = kernel
-        self._locks[kernel.id] = DeferredLock()
-        log.info("reattached kernel {id} ({name}, pid {pid})", id=kernel.id, name=kernel.name, pid=record.pid)
-
-    @inlineCallbacks
-    def _reattach_through_provisioner(self, record: KernelRecord):
-        kernel = yield adopt_through_provisioner(self.launcher, record, self._connect, self._clock,
-                                                 self.config.replay_buffer_limit)
-        if kernel is None:
-            yield self._forget(record.id)
-            return
-        self.kernels[kernel.id] = kernel
-        self._locks[kernel.id] = DeferredLock()
 
     @inlineCallbacks
     def _from_pool(self, name: str, env: dict, timeout: float, profile=None):
