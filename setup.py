@@ -55,6 +55,7 @@ setup(
         ],
     },
     entry_points={
+        "console_scripts": ["jkg = jkg.command:main"],
         "jupyter_client.kernel_provisioners": [
             "jkg-netns-provisioner = jkg.provisioners.netns:NetnsProvisioner",
         ],

@@ -5,13 +5,19 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 import uuid
 
 import pytest
 import requests
 
+from pathlib import Path
+
 from support import TWISTD, GatewayProcess, make_certificate, pid_alive, stdout_of
+
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def run_twistd(*args, env=None, timeout=60):
@@ -135,3 +141,28 @@ def test_kg_certfile_serves_tls_and_kg_client_ca_requires_a_client_certificate(t
     with GatewayProcess(env={"KG_CERTFILE": str(server[0]), "KG_KEYFILE": str(server[1])}) as gateway:
         response = requests.get(f"https://127.0.0.1:{gateway.port}/api", verify=str(ca[0]), timeout=30)
         assert response.status_code == 200
+
+
+def test_jkg_console_script_runs_twistd_with_the_same_flags(tmp_path):
+    setup = (REPO / "setup.py").read_text()
+    assert '"console_scripts": ["jkg = jkg.command:main"]' in setup
+    command = [sys.executable, "-c", "from jkg.command import main; main()"]
+    version = subprocess.run([*command, "--version"], capture_output=True, timeout=60, cwd=REPO)
+    assert version.stdout.decode().strip() == "jkg 0.1.0"
+    process = subprocess.Popen([*command, "--ip", "127.0.0.1", "--port", "0", "--state-db", "none"], cwd=tmp_path,
+                               env={**os.environ, "PYTHONPATH": str(REPO), "JUPYTER_RUNTIME_DIR": str(tmp_path)},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        port = None
+        for _ in range(200):
+            line = process.stdout.readline().decode()
+            if "listening on http://127.0.0.1:" in line:
+                port = int(line.rsplit(":", 1)[1].strip("/\n"))
+                break
+            assert line, "jkg exited before listening"
+        assert requests.get(f"http://127.0.0.1:{port}/api", timeout=30).json()["gateway"] == "jkg"
+    finally:
+        process.terminate()
+        process.wait(60)
+    assert process.returncode in (0, -signal.SIGTERM)  # twistd ends by the signal it stopped for
+    assert not (tmp_path / "twistd.pid").exists()  # -n --pidfile=: no pid file in the working directory
