@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from support import GatewayProcess, stdout_of
-from test_hostile_websocket import rss_mib
+from test_hostile_http import rss_mib
 
 HERE = Path(__file__).resolve().parent
 LIMIT = 16 * 1024 * 1024

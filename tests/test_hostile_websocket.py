@@ -7,24 +7,17 @@ import os
 import socket
 import struct
 import time
-from pathlib import Path
 
 import pytest
 import websocket
 
+from jkg import wire
 from support import GatewayProcess, children_of, pid_alive, stdout_of
 from test_hostile_decoders import v1_frame
-from jkg import wire
+from test_hostile_http import rss_mib
 
 TOKEN = "hostile-ws-token"
 PARTIAL_LIMIT = 24 * 1024 * 1024
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 @pytest.fixture(scope="module")

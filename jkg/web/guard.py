@@ -196,21 +196,19 @@ class _ChannelState:
         if self._timer.active():
             self._timer.cancel()
         self._timer = None
-        guard = self._guard
-        left = guard.pending.get(self._address, 1) - 1
+        self._leave_pending()
+
+    def _leave_pending(self) -> None:
+        pending = self._guard.pending
+        left = pending.get(self._address, 1) - 1
         if left:
-            guard.pending[self._address] = left
+            pending[self._address] = left
         else:
-            guard.pending.pop(self._address, None)
+            pending.pop(self._address, None)
 
     def _expired(self) -> None:
         self._timer = None  # fired: done_waiting must not cancel it
-        guard = self._guard
-        left = guard.pending.get(self._address, 1) - 1
-        if left:
-            guard.pending[self._address] = left
-        else:
-            guard.pending.pop(self._address, None)
+        self._leave_pending()
         transport = self._channel.transport
         if transport is not None:  # not logged: a slow-header flood must not become a log flood
             transport.write(refusal(408, "Request Timeout", "request headers not received in time "
