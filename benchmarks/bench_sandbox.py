@@ -4,8 +4,8 @@ Run by hand (never by the test suite)::
 
     python benchmarks/bench_sandbox.py [--n 7] [--roundtrips 300]
 
-One run measures, on gateways started one after another as separate ``twistd jkg`` processes (this
-script is only the client):
+One run measures, on gateways running side by side as separate ``twistd jkg`` processes (this script
+is only the client), each measure interleaved across the configurations so that all see the same load:
 
 - cold start: ``POST /api/kernels`` → WebSocket → ``kernel_info_reply``, p50 of ``--n`` starts;
 - warm-pool start: the same with ``--prespawn-count 1`` (the pool refilled before each start);
@@ -136,51 +136,41 @@ def shutdown(gateway: Gateway, kernel_id: str) -> None:
     requests.delete(f"{gateway.url}/api/kernels/{kernel_id}", timeout=120)
 
 
-def cold_starts(gateway: Gateway, n: int) -> list[float]:
-    times = []
-    for _ in range(n):
-        elapsed, kernel_id = start_latency(gateway)
-        times.append(elapsed)
-        shutdown(gateway, kernel_id)
-    return times
+def one_round_trip(channel: Channel) -> float:
+    started = time.perf_counter()
+    msg_id = channel.send("execute_request", {"code": "1", "silent": False, "store_history": False,
+                                              "user_expressions": {}, "allow_stdin": False, "stop_on_error": True})
+    replied = idle = False
+    while not (replied and idle):
+        msg = channel.recv(30)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        replied = replied or msg["msg_type"] == "execute_reply"
+        idle = idle or (msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle")
+    return time.perf_counter() - started
 
 
-def warm_starts(gateway: Gateway, n: int) -> list[float]:
-    times = []
+def interleaved(gateways: dict, n: int, measure) -> dict[str, list[float]]:
+    """``measure(gateway, index)`` for each configuration in turn, n rounds: every configuration sees the same load."""
+    times: dict[str, list[float]] = {name: [] for name in gateways}
     for index in range(n):
-        deadline = time.monotonic() + 60
-        while gateway.pooled() < index + 1 and time.monotonic() < deadline:  # the pool has refilled
-            time.sleep(0.05)
-        time.sleep(0.3)
-        elapsed, kernel_id = start_latency(gateway)
-        times.append(elapsed)
-        shutdown(gateway, kernel_id)
+        for name, gateway in gateways.items():
+            times[name].append(measure(gateway, index))
     return times
 
 
-def round_trips(gateway: Gateway, n: int, warmup: int = 20) -> list[float]:
-    _, kernel_id = start_latency(gateway)
-    channel = Channel(gateway, kernel_id)
-    times = []
-    try:
-        for index in range(n + warmup):
-            started = time.perf_counter()
-            msg_id = channel.send("execute_request", {"code": "1", "silent": False, "store_history": False,
-                                                      "user_expressions": {}, "allow_stdin": False,
-                                                      "stop_on_error": True})
-            replied = idle = False
-            while not (replied and idle):
-                msg = channel.recv(30)
-                if msg["parent_header"].get("msg_id") != msg_id:
-                    continue
-                replied = replied or msg["msg_type"] == "execute_reply"
-                idle = idle or (msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle")
-            if index >= warmup:
-                times.append(time.perf_counter() - started)
-    finally:
-        channel.close()
-        shutdown(gateway, kernel_id)
-    return times
+def cold(gateway: Gateway, index: int) -> float:
+    elapsed, kernel_id = start_latency(gateway)
+    shutdown(gateway, kernel_id)
+    return elapsed
+
+
+def warm(gateway: Gateway, index: int) -> float:
+    deadline = time.monotonic() + 90
+    while gateway.pooled() < index + 1 and time.monotonic() < deadline:  # the pool has refilled
+        time.sleep(0.05)
+    time.sleep(0.5)
+    return cold(gateway, index)
 
 
 def p50(values: list[float]) -> float:
@@ -193,25 +183,34 @@ def main(argv=None) -> int:
     parser.add_argument("--roundtrips", type=int, default=300)
     parser.add_argument("--configs", default=",".join(CONFIGS))
     args = parser.parse_args(argv)
-    results: dict[str, dict[str, float]] = {}
+    names = args.configs.split(",")
+    results: dict[str, dict[str, float]] = {name: {} for name in names}
     load = [open("/proc/loadavg").read().split()[0]]
-    for name in args.configs.split(","):
-        results[name] = {}
-        for measure, extra in (("cold", []), ("warm", ["--prespawn-count", "1"]), ("rtt", [])):
-            gateway = Gateway([*CONFIGS[name], *extra])
-            try:
-                if measure == "cold":
-                    results[name][measure] = p50(cold_starts(gateway, args.n))
-                elif measure == "warm":
-                    results[name][measure] = p50(warm_starts(gateway, args.n))
-                else:
-                    results[name][measure] = p50(round_trips(gateway, args.roundtrips))
-            except Exception as error:  # noqa: BLE001 - report and go on
-                print(f"ERROR {name} {measure}: {error}", file=sys.stderr)
-                results[name][measure] = float("nan")
-            finally:
+    for measure, extra in (("cold", []), ("warm", ["--prespawn-count", "1"]), ("rtt", [])):
+        gateways = {}
+        try:
+            for name in names:
+                gateways[name] = Gateway([*CONFIGS[name], *extra])
+            if measure == "rtt":
+                channels = {}
+                for name, gateway in gateways.items():
+                    _, kernel_id = start_latency(gateway)
+                    channels[name] = Channel(gateway, kernel_id)
+                    for _ in range(20):
+                        one_round_trip(channels[name])
+                times = interleaved(channels, args.roundtrips, lambda channel, index: one_round_trip(channel))
+                for channel in channels.values():
+                    channel.close()
+            else:
+                times = interleaved(gateways, args.n, cold if measure == "cold" else warm)
+            for name in names:
+                results[name][measure] = p50(times[name])
+                print(f"{name:10} {measure:5} p50 {results[name][measure] * 1000:8.2f} ms", flush=True)
+        except Exception as error:  # noqa: BLE001 - report and go on
+            print(f"ERROR {measure}: {error}", file=sys.stderr)
+        finally:
+            for gateway in gateways.values():
                 gateway.stop()
-            print(f"{name:10} {measure:5} p50 {results[name][measure] * 1000:8.2f} ms", flush=True)
     load.append(open("/proc/loadavg").read().split()[0])
     base = results.get("none", {})
     print(f"\nload average (1 min) at start/end: {load[0]} / {load[1]}")

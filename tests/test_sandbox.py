@@ -21,7 +21,7 @@ from support import TWISTD, GatewayProcess, children_of, pid_alive, stdout_of
 
 ADMIN = "sandbox-admin-token-0d9c"
 TOKENS = {"alice": "alice-token-7f3a9b", "bob": "bob-token-21c4e8", "hog": "hog-token-99aa01",
-          "rooty": "rooty-token-5e5e5e"}
+          "rooty": "rooty-token-5e5e5e", "disky": "disky-token-3b3b3b"}
 TENANTS = """
 [tenants.alice]
 tokens = ["{alice}"]
@@ -31,6 +31,8 @@ tokens = ["{bob}"]
 tokens = ["{hog}"]
 [tenants.rooty]
 tokens = ["{rooty}"]
+[tenants.disky]
+tokens = ["{disky}"]
 [tenants.ops]
 tokens = ["{ops}"]
 admin = true
@@ -42,6 +44,9 @@ memory = "160M"
 processes = 40
 [sandbox.tenants.rooty]
 uid = 0
+[sandbox.tenants.disky]
+disk = "4M"
+open_files = 200
 """
 
 
@@ -294,6 +299,35 @@ def test_fork_bomb_is_contained(gateway):
     assert int(count) < 40 and failure == "BlockingIOError"
     assert "still here" in hog.run(kernel_id, "print('still here')")
     hog.shutdown(kernel_id)
+
+
+def test_disk_quota_and_open_files_limit(gateway):
+    disky = Tenant(gateway, "disky")
+    kernel_id = disky.start()
+    out = disky.run(kernel_id, """
+        import errno, os, resource
+        print("cwd", os.getcwd(), resource.getrlimit(resource.RLIMIT_NOFILE))
+        try:
+            with open("big.bin", "wb") as handle:
+                for _ in range(16):
+                    handle.write(b"x" * (1 << 20))
+            print("WROTE 16 MiB")
+        except OSError as error:
+            print("disk", errno.errorcode[error.errno])
+        os.remove("big.bin")
+        handles = []
+        try:
+            for _ in range(400):
+                handles.append(open("/dev/null"))
+            print("OPENED 400")
+        except OSError as error:
+            print("files", errno.errorcode[error.errno])
+        for handle in handles:
+            handle.close()
+    """)
+    assert "cwd /home/kernel (200, 200)" in out
+    assert "disk ENOSPC" in out and "files EMFILE" in out
+    disky.shutdown(kernel_id)
 
 
 def test_a_kernel_that_cannot_be_sandboxed_fails_with_500_and_leaves_nothing(gateway):

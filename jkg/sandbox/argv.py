@@ -119,9 +119,8 @@ def bwrap_argv(plan: SandboxPlan) -> list[str]:
     else:
         if plan.workspace_size is not None:
             argv += ["--size", str(plan.workspace_size)]
-        argv += ["--perms", "0700", "--tmpfs", WORKSPACE]
-        if plan.uid is not None:
-            argv += ["--chmod", "1777", WORKSPACE]  # root made it; the kernel's uid must write there
+        # made by bwrap (root, when the kernel runs as another uid): the kernel's uid must write there
+        argv += ["--perms", "1777" if plan.uid is not None else "0700", "--tmpfs", WORKSPACE]
     argv += ["--chdir", WORKSPACE, "--setenv", "HOME", WORKSPACE]
     for name, value in plan.extra_env:
         argv += ["--setenv", name, value]

@@ -144,8 +144,9 @@ class SandboxedProvisioner(LocalProvisioner):
             setpriv=sandboxes.host.setpriv, uid=self.uid, gid=self.gid)
         kwargs["cmd"] = bwrap_argv(plan)
         controllers = sandboxes.cgroups.controllers if sandboxes.cgroups and self.cgroup else ()
-        kwargs["preexec_fn"] = make_preexec(self.cgroup.procs_files if self.cgroup else [],
-                                            rlimits_for(profile.limits, controllers))
+        rlimits = rlimits_for(profile.limits, controllers)
+        if self.cgroup is not None or rlimits:  # else leave Popen its fast vfork path
+            kwargs["preexec_fn"] = make_preexec(self.cgroup.procs_files if self.cgroup else [], rlimits)
         return kwargs
 
     def _prepare(self) -> None:
