@@ -382,6 +382,26 @@ def test_warm_pool_seed_and_reattach_stay_sandboxed(bwrap, tmp_path):
     args = ("--sandbox", "bwrap", "--prespawn-count", "1", "--seed-uri", str(seed), "--keep-kernels-on-exit",
             "--state-db", state)
     runtime = {"JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}  # shared, as by one service restarted
+    try:
+        _pool_seed_reattach(args, runtime)
+    finally:  # kernels kept on exit must not outlive a failed test: end every sandbox of this runtime dir
+        _kill_processes_naming(runtime["JUPYTER_RUNTIME_DIR"])
+
+
+def _kill_processes_naming(text: str) -> None:
+    import signal
+    from pathlib import Path
+
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _pool_seed_reattach(args, runtime):
     first = GatewayProcess(*args, env=runtime).start()
     try:
         deadline = time.monotonic() + 60
