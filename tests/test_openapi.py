@@ -37,7 +37,7 @@ def test_spec_is_served_at_the_reference_paths(api_gateway):
     assert routes <= set(spec["paths"])
 
 
-def test_live_responses_match_the_spec(api_gateway):
+def test_live_responses_match_the_spec(api_gateway, tmp_path):
     """Every check but ``ignored_auth``: its unauthenticated requests would trip the failed-login lockout
     (429 for everyone on 127.0.0.1, as designed); auth is tested in test_tenants.py and test_rest.py.
     The WebSocket route is not REST: see test_channels.py."""
@@ -47,7 +47,7 @@ def test_live_responses_match_the_spec(api_gateway):
          "--exclude-checks", "ignored_auth", "--exclude-operation-id", "kernel_channels",
          "-H", f"Authorization: token {api_gateway.token}", "--max-examples", "5", "--seed", "1",
          "--request-timeout", "60", "--no-color"],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)  # its .schemathesis/ cache goes there
     report = result.stdout + result.stderr
     assert result.returncode == 0, report[-6000:]
     tested = re.search(r"Tested:\s+(\d+)", report)
