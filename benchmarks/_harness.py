@@ -124,7 +124,7 @@ def report(modules, names, results: Results, args) -> dict:
     width = max(10, *(len(c) + 1 for c in cols))
     print()
     print(f"{'measure':<44}{'unit':>7}" + "".join(f"{c:>{width}}" for c in cols))
-    for key, label, unit, kind in rows:
+    for key, label, unit, _kind in rows:
         if key not in results.values:
             continue
         vals = [results.value(key, n) for n in names]
