@@ -345,7 +345,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("remote_user", "", _text, "SSH user for the distributed provisioner (sets GP_REMOTE_USER).",
            ("JKG_REMOTE_USER", "GP_REMOTE_USER")),
     Option("max_kernel_frame_size", "", _optional_limit, "Largest ZeroMQ frame accepted from a kernel, in bytes; "
-           "a kernel sending a larger one has that connection dropped (empty: --max-message-size).",
+           "a kernel sending a larger one has that connection dropped (empty: --max-kernel-message-size).",
            ("JKG_MAX_KERNEL_FRAME_SIZE",)),
     Option("max_kernel_message_size", "", _optional_limit, "Largest message (all frames) accepted from a kernel, "
            "in bytes; also what one kernel connection may hold while a message arrives (empty: "
@@ -482,8 +482,9 @@ class GatewayConfig:
         """``(largest frame, largest message, most frames, send buffer)`` of a kernel connection."""
         unlimited = 1 << 34
         tied = self.max_message_size or unlimited
-        return (self.max_kernel_frame_size or tied, self.max_kernel_message_size or tied,
-                self.max_kernel_frames or unlimited, self.kernel_buffer_limit or unlimited)
+        message = self.max_kernel_message_size or tied
+        return (self.max_kernel_frame_size or message, message, self.max_kernel_frames or unlimited,
+                self.kernel_buffer_limit or unlimited)
 
     @property
     def has_credentials(self) -> bool:

@@ -104,7 +104,8 @@ def test_rotated_log_files_are_bounded(tmp_path):
 
     log = tmp_path / "jkg.log"
     process = subprocess.Popen([*TWISTD, "-n", "--pidfile=", "--logfile", str(log), "jkg", "--port", "0",
-                                "--log-max-files", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--state-db", "none", "--log-max-files", "2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while not (log.exists() and "listening on" in log.read_text()):

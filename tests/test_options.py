@@ -230,8 +230,9 @@ def test_kernel_dead_after_restart_limit():
         no_leftovers(gateway)
 
 
-def test_max_message_size_limits_clients_not_kernels():
-    with GatewayProcess("--max-message-size", "4096") as gateway:
+def test_max_message_size_limits_clients_and_kernels_have_their_own_limit():
+    # kernel messages default to --max-message-size too; --max-kernel-message-size sets their own
+    with GatewayProcess("--max-message-size", "4096", "--max-kernel-message-size", "1048576") as gateway:
         kernel = gateway.start_kernel()
         with gateway.connect(kernel["id"]) as client:
             assert len(stdout_of(client.run("print('k' * 20000)"))) == 20001
