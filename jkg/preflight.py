@@ -1,28 +1,40 @@
 """Startup checks of settings that would otherwise be ignored or fail only later.
 
 Run once by :mod:`jkg.tap` before anything listens (blocking reads are fine
-here: the reactor is not running yet).  Each problem is one
-:class:`jkg.config.ConfigError` line: a kernelspec that is not installed
-(``--pool nosuch=2`` would otherwise retry for ever), an ``--existing`` file
-that is missing or not a connection file, and jupyter-kernel-gateway's
-``KG_API`` asking for an API jkg does not serve.
+here: the reactor is not running yet).  Where :mod:`jkg.config` validates
+each value as typed, these check the settings against the world: a gateway
+without credentials on a listener beyond loopback (refused unless
+``--allow-unauthenticated``), a kernelspec that is not installed (``--pool
+nosuch=2`` would otherwise retry for ever), an ``--existing`` file that is
+missing or not a connection file.  Each problem is one
+:class:`jkg.config.ConfigError` line.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable
 
-from .config import OPTIONS_BY_NAME, ConfigError, GatewayConfig
+from .config import ConfigError, GatewayConfig
+from .endpoints import is_loopback_endpoint
 
-WEBSOCKET_API = "kernel_gateway.jupyter_websocket"
 
+def check_exposure(config: GatewayConfig, socket_is_loopback: Callable[[str], bool | None] = lambda d: None) -> None:
+    """Refuse to serve anonymously beyond loopback unless explicitly asked to.
 
-def check_api(environ: Mapping[str, str]) -> None:
-    if "api" in OPTIONS_BY_NAME:  # the option exists: the config table validates it
+    :param socket_is_loopback: for an endpoint description, whether its
+        already-open socket (one systemd passed) is bound to loopback; None
+        when the description alone decides.
+    """
+    if config.has_credentials or config.allow_unauthenticated:
         return
-    value = environ.get("KG_API", "").strip()
-    if value and value != WEBSOCKET_API:
-        raise ConfigError(f"KG_API={value} is not supported: jkg serves only the kernels API "
-                          f"({WEBSOCKET_API}); unset KG_API")
+
+    def loopback(description: str) -> bool:
+        bound = socket_is_loopback(description)
+        return is_loopback_endpoint(description) if bound is None else bound
+
+    exposed = [e for e in config.endpoints if not loopback(e)]
+    if exposed:
+        raise ConfigError(f"refusing to serve without credentials on {exposed[0]} (not loopback): set "
+                          "--auth-token or --tenants, or pass --allow-unauthenticated to accept the risk")
 
 
 def check_existing(paths) -> None:
@@ -69,7 +81,6 @@ def check_kernelspecs(config: GatewayConfig, installed=None) -> None:
                               f"(installed: {', '.join(sorted(installed)) or 'none'})")
 
 
-def check_settings(config: GatewayConfig, environ: Mapping[str, str]) -> None:
-    check_api(environ)
+def check_settings(config: GatewayConfig) -> None:
     check_existing(config.existing)
     check_kernelspecs(config)

@@ -1,6 +1,6 @@
 """``twistd jkg``: command-line options to a running gateway service.
 
-Options come from :data:`jkg.config.OPTIONS`, with jupyter-kernel-gateway's
+Options come from :data:`jkg.options.OPTIONS`, with jupyter-kernel-gateway's
 ``KG_*`` environment variables as fallback.  The asyncio reactor is installed
 here when twistd has not installed one yet (the plugin file and ``jkg``'s
 ``__init__`` import nothing that would install the default reactor first).
@@ -12,7 +12,8 @@ import sys
 
 from twisted.python import usage
 
-from .config import OPTIONS, ConfigError, build_config, check_exposure
+from .config import ConfigError, build_config
+from .options import OPTIONS
 
 
 class Options(usage.Options):
@@ -109,7 +110,7 @@ def makeService(options):  # noqa: N802 - twistd API
     make_non_dumpable()
     reactor = install_asyncio_reactor()
     from .service import ListenError, endpoint_is_loopback, make_gateway_service, parse_endpoint
-    from .preflight import check_settings
+    from .preflight import check_exposure, check_settings
 
     _one_line_errors()
     from .auth.tenants import TenantsFileError
@@ -119,7 +120,7 @@ def makeService(options):  # noqa: N802 - twistd API
     try:
         endpoints = {description: parse_endpoint(description, reactor, config) for description in config.endpoints}
         check_exposure(config, lambda description: endpoint_is_loopback(endpoints[description]))
-        check_settings(config, os.environ)
+        check_settings(config)
         service = make_gateway_service(config, reactor)
     except (ConfigError, ListenError, TenantsFileError, SeedError, StateDatabaseInUse, ValueError, OSError) as error:
         _fail(str(error))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jkg.config import OPTIONS
+from jkg.options import OPTIONS
 from jkg.web.api import GatewayAPI
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"

@@ -10,7 +10,9 @@ from jkg.auth.lockout import FailureLimiter
 from jkg.auth.realm import ITenant, Tenant, make_portal
 from jkg.auth.tenants import (
     TenantRecord, TenantsFileError, TenantTable, hash_token, parse_tenants, render_tenants)
-from jkg.config import GatewayConfig, check_exposure, ConfigError, is_loopback_endpoint
+from jkg.config import ConfigError, GatewayConfig
+from jkg.endpoints import is_loopback_endpoint
+from jkg.preflight import check_exposure
 from jkg.errors import ResourceLimit, UnknownKernel, UnknownKernelSpec
 from jkg.interfaces import IKernelRegistry
 from jkg.kernels.registry import KernelRegistry

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
-from ..config import ConfigError, is_loopback_endpoint
+from ..config import ConfigError
+from ..endpoints import is_loopback_endpoint
 from .host import HostSupport
 from .settings import SandboxProfile, SandboxTable
 
