@@ -107,6 +107,9 @@ class IAttachedKernel(IKernel):
         Raises :class:`jkg.errors.BadRequest` for a channel clients may not send on.
         """
 
+    def drained(client):
+        """The client's socket took part of its backlog (iopub flow control reviews its pause)."""
+
     def detach(client):
         """Forget the client; later output for its session is kept for replay."""
 

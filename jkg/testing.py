@@ -127,6 +127,7 @@ class FakeKernel:
         self.execution_state = "idle"
         self.clients: dict = {}
         self.sent: list = []
+        self.drains = 0  # how often a client reported that its socket took part of its backlog
         self.owner = None
 
     def model(self) -> dict:
@@ -137,6 +138,9 @@ class FakeKernel:
         if message.channel not in ("shell", "control", "stdin"):
             raise BadRequest(f"clients cannot send on the {message.channel} channel")
         self.sent.append((client.session_id, message))
+
+    def drained(self, client) -> None:
+        self.drains += 1
 
     def detach(self, client) -> None:
         if self.clients.get(client.session_id) is client:

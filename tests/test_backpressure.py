@@ -165,14 +165,35 @@ def test_iopub_is_paused_while_every_reading_client_is_behind():
     b.waiting = flow.FLOW_HIGH + 1
     kernel.channels.on_message(iopub(2))
     assert kernel.channels.paused
-    for _ in range(3):  # both still behind, both reading
+    for _ in range(3):  # both still behind, both reading: their writers report each slice taken
         a.taken += 1
         b.taken += 1
-        clock.advance(flow.FLOW_POLL)
+        clock.advance(flow.FLOW_STALL / 5)
+        kernel.drained(a)
+        kernel.drained(b)
     assert kernel.channels.paused
     b.waiting = flow.FLOW_LOW - 1
-    clock.advance(flow.FLOW_POLL)
+    assert kernel.channels.paused  # nothing polls: it takes b's writer to say so
+    kernel.drained(b)
     assert not kernel.channels.paused
+    assert not clock.getDelayedCalls()  # and no timer is left behind
+
+
+def test_nothing_is_polled_while_iopub_is_paused():
+    kernel, clock = make_kernel(channels=PausableChannels)
+    reader = Reader("reader")
+    kernel.attach(reader)
+    reader.waiting = flow.FLOW_HIGH + 1
+    kernel.channels.on_message(iopub(1))
+    assert kernel.channels.paused
+    assert len(clock.getDelayedCalls()) == 1  # one timer: when the reader would turn stalled
+    assert clock.getDelayedCalls()[0].getTime() == flow.FLOW_STALL
+    reader.taken += 1
+    clock.advance(flow.FLOW_STALL / 2)
+    kernel.drained(reader)  # it is reading: its stall moves later
+    assert [call.getTime() for call in clock.getDelayedCalls()] == [flow.FLOW_STALL * 1.5]
+    kernel.detach(reader)  # the last client leaves: nothing to wait for
+    assert not kernel.channels.paused and not clock.getDelayedCalls()
 
 
 def test_a_client_that_reads_nothing_does_not_hold_the_kernel_back():
@@ -182,9 +203,9 @@ def test_a_client_that_reads_nothing_does_not_hold_the_kernel_back():
     stalled.waiting = flow.FLOW_HIGH + 1
     kernel.channels.on_message(iopub(1))
     assert kernel.channels.paused
-    steps = int(flow.FLOW_STALL / flow.FLOW_POLL) + 2
-    for _ in range(steps):
-        clock.advance(flow.FLOW_POLL)
+    clock.advance(flow.FLOW_STALL / 2)
+    assert kernel.channels.paused
+    clock.advance(flow.FLOW_STALL / 2)
     assert not kernel.channels.paused  # it took nothing: it no longer counts
     kernel.channels.on_message(iopub(2))
     assert not kernel.channels.paused and kernel.channels.pauses == 1

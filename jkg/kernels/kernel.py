@@ -252,6 +252,10 @@ class ManagedKernel:
             for message in replay.drain():
                 client.deliver(message)
 
+    def drained(self, client) -> None:
+        """``client``'s socket took part of its backlog: iopub held back for it may flow again."""
+        self._flow.drained()
+
     def detach(self, client) -> None:
         """Forget a client; keep its session's output if it was the last one or too slow.
 

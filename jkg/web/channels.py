@@ -113,9 +113,8 @@ class ChannelsProtocol(WebSocketServerProtocol):
     def onOpen(self):  # noqa: N802 - autobahn API
         transport = self.transport
         limit = self.factory.client_buffer_limit
-        if (isinstance(transport, tcp.Connection) and not transport.TLS
-                and hasattr(transport, "_tempDataLen") and hasattr(transport, "socket")):
-            self._outbox = TCPOutbox(transport, limit)
+        if isinstance(transport, tcp.Connection) and not transport.TLS:
+            self._outbox = TCPOutbox(transport, limit, self._drained)
         else:
             self._outbox = Outbox(transport, limit)
         limits = self.factory.rate_limits
@@ -278,17 +277,23 @@ class ChannelsProtocol(WebSocketServerProtocol):
         waiting = outbox.waiting()
         return waiting, outbox.backlog.appended - waiting
 
+    def _drained(self) -> None:
+        """The outbox's socket took part of the backlog: iopub held back for this client may flow."""
+        kernel = self.kernel
+        if kernel is not None:
+            kernel.drained(self)
+
     def sendData(self, data, sync=False, chopsize=None):  # noqa: N802 - autobahn API
-        """autobahn's own writes (handshake, pings, close): behind any frames still queued."""
+        """autobahn's own writes (pings, close) once open: through the outbox, in order with the frames."""
         outbox = self._outbox
-        if isinstance(outbox, TCPOutbox) and outbox.queue:
+        if isinstance(outbox, TCPOutbox):
             outbox.write_data(data)
         else:
             super().sendData(data, sync, chopsize)
 
     def _closeConnection(self, abort=False):  # noqa: N802 - autobahn API
         outbox = self._outbox
-        if not abort and isinstance(outbox, TCPOutbox) and outbox.queue:
+        if not abort and isinstance(outbox, TCPOutbox) and (outbox.queue or outbox.lent):
             outbox.lose_when_empty = True  # after the close frame, still queued
             # ... unless the peer stops reading now
             self._abort_call = self.factory.reactor.callLater(SLOW_CLOSE_TIMEOUT, self._abort)

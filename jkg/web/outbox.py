@@ -14,33 +14,32 @@ from __future__ import annotations
 
 from collections import deque
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPullProducer
 from zope.interface import implementer
 
 from .frames import MAX_PIECES
 
 
 
-def _buffer_holder(transport):
-    """The Twisted file descriptor under ``transport`` whose write buffer can be measured.
+def _bytes_in_twisted_buffer(transport) -> int | None:
+    """Bytes written to ``transport`` (or the TCP connection under its TLS) that its socket has not taken.
 
-    Twisted has no public "bytes waiting" accessor; its ``FileDescriptor`` keeps
-    them in ``dataBuffer`` (from ``offset``) and ``_tempDataBuffer`` (of length
-    ``_tempDataLen``), the same since Twisted 8.  TLS wraps such a descriptor.
-    ``None`` when there is none to be found (the limit is then not enforced).
+    The one adapter onto Twisted's internals, kept for transports jkg does not
+    write to itself (TLS): Twisted has no public "bytes waiting" accessor, and
+    without one a client behind TLS that stops reading could not be bounded.
+    ``FileDescriptor`` keeps those bytes in ``dataBuffer`` (from ``offset``)
+    and ``_tempDataBuffer`` (of length ``_tempDataLen``), the same since
+    Twisted 8.  ``None`` when no such descriptor is found (then no bound).
+    Plain TCP needs none of this: :class:`TCPOutbox` counts what it lends the
+    transport and learns from the public producer API when it was all sent.
     """
     for _ in range(4):
         if transport is None:
             return None
         if hasattr(transport, "dataBuffer") and hasattr(transport, "_tempDataLen"):
-            return transport
+            return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
         transport = getattr(transport, "transport", None)
     return None
-
-
-def _waiting(holder) -> int:
-    """Bytes written to a connection and not yet taken by its socket."""
-    return len(holder.dataBuffer) - holder.offset + holder._tempDataLen
 
 
 class Backlog:
@@ -83,19 +82,23 @@ class Backlog:
 
 
 class Outbox:
-    """Writes one client's frames through its transport's own buffer (TLS and other transports)."""
+    """Writes one client's frames through its transport's own buffer (TLS and other transports).
 
-    def __init__(self, transport, limit: int):
+    ``on_drain`` is for what the TCP writer reports (its socket took part of
+    the backlog); here, with no producer of its own, it is never called.
+    """
+
+    def __init__(self, transport, limit: int, on_drain=lambda: None):
         self.transport = transport
         self.backlog = Backlog(limit)
-        self._holder = _buffer_holder(transport)
 
     def waiting(self) -> int:
-        return _waiting(self._holder) if self._holder is not None else 0
+        return _bytes_in_twisted_buffer(self.transport) or 0
 
     def refuse(self) -> str | None:
         """Why no more may be written to this client (it is too slow), or ``None``."""
-        return self.backlog.check(self.waiting()) if self._holder is not None else None
+        waiting = _bytes_in_twisted_buffer(self.transport)
+        return self.backlog.check(waiting) if waiting is not None else None
 
     def write(self, frames) -> None:
         if len(frames) == 1:
@@ -106,27 +109,33 @@ class Outbox:
             self.transport.writeSequence([frame.joined() for frame in frames])
 
 
-@implementer(IPushProducer)
+@implementer(IPullProducer)
 class TCPOutbox(Outbox):
     """Writes one client's frames straight to its TCP socket, without copying them.
 
     When nothing is waiting, frames go to the socket at once (``send`` or,
     for a frame in pieces, ``sendmsg``) instead of on the reactor's next turn
     through Twisted's buffer: no wake-up, no ``epoll_ctl``, no copy.  What the
-    socket does not take waits here as views of the shared frames; only a
-    slice of it (a little over the transport's ``bufferSize``) is copied into
-    Twisted's buffer at a time, so that the transport -- with this object as
-    its streaming producer -- calls :meth:`resumeProducing` once that slice is
-    sent, and the rest goes out the same way.  Whatever else is written to the
-    connection meanwhile (autobahn's pings and close frames) queues here too,
-    so the stream stays in order.
+    socket does not take waits here as views of the shared frames; a slice of
+    it (up to the transport's ``bufferSize``) is lent to the transport at a
+    time.  This object is the transport's pull producer (Twisted's public
+    consumer API): the transport calls :meth:`resumeProducing` each time its
+    buffer is empty, so this knows, without looking inside the transport,
+    that the slice it lent was sent -- then sends on, and tells ``on_drain``
+    (iopub flow control waits for that).  Whatever else is written to the
+    connection (autobahn's pings and close frames, :meth:`write_data`) goes
+    through here too, so the stream stays in order.
     """
 
-    def __init__(self, transport, limit: int):
+    def __init__(self, transport, limit: int, on_drain=lambda: None):
         super().__init__(transport, limit)
-        self._socket = transport.socket
+        self._socket = transport.getHandle()
+        self._on_drain = on_drain
         self.queue: deque = deque()  # bytes-likes not yet handed to the socket or transport
         self.queued = 0
+        # bytes lent to the transport since it last said its buffer was empty;
+        # -1 until it first says so (the handshake's answer may still be in it)
+        self.lent = -1
         # (start, end) of each frame that was queued, as offsets in the stream (``backlog.appended``)
         self._spans: deque = deque()
         self.lose_when_empty = False
@@ -134,15 +143,17 @@ class TCPOutbox(Outbox):
         # upgrade (it would stop reading the client while its output backs up).
         if transport.producer is not None:
             transport.unregisterProducer()
-        transport.registerProducer(self, True)
+        self._registering = True  # (a pull producer is resumed at once: that says nothing yet)
+        transport.registerProducer(self, False)
+        self._registering = False
+        transport.startWriting()  # its buffer, even if empty, is looked at and reported on
 
     def waiting(self) -> int:
-        t = self.transport
-        return len(t.dataBuffer) - t.offset + t._tempDataLen + self.queued
+        """Bytes not known to be taken by the socket (what the transport holds counts in full)."""
+        return self.queued + abs(self.lent)
 
     def refuse(self) -> str | None:
-        t = self.transport
-        if not self.queued and not t._tempDataLen and not t.dataBuffer:
+        if not self.queued and not self.lent:
             return None
         return self.backlog.check(self.waiting())
 
@@ -168,21 +179,16 @@ class TCPOutbox(Outbox):
 
     def _write(self, pieces, size: int) -> bool:
         """Send or queue; whether anything was queued."""
-        t = self.transport
-        queue = self.queue
-        if queue or t._tempDataLen or t.dataBuffer:
-            was_empty = not queue
-            queue.extend(pieces)
+        if self.queue or self.lent:
+            self.queue.extend(pieces)
             self.queued += size
             self._spans.append((self.backlog.appended - size, self.backlog.appended))
-            if was_empty:  # make sure the transport will call back
-                self._prime()
-            return True
+            return True  # goes out when the transport says its buffer is empty
         sent = self._send(pieces)
         if sent < size:
             self._keep(pieces, sent)
             self._spans.append((self.backlog.appended - size, self.backlog.appended))
-            self._prime()
+            self._lend()
             return True
         return False
 
@@ -228,16 +234,15 @@ class TCPOutbox(Outbox):
             self.queued += size - sent
             sent = 0
 
-    def _prime(self) -> None:
-        """Move queued bytes into the transport until it holds more than its ``bufferSize``.
+    def _lend(self) -> None:
+        """Lend the transport the next slice of the queue (up to its ``bufferSize``).
 
-        The transport then pauses this producer and resumes it once all of
-        that is sent; with less, it would not call back and the queue would
-        stall.  (When the queue runs out first, nothing more is needed.)
+        It writes the slice when the socket can take it and then calls
+        :meth:`resumeProducing`; nothing else goes to the socket meanwhile.
         """
         t = self.transport
         queue = self.queue
-        need = t.bufferSize + 1 - (len(t.dataBuffer) - t.offset + t._tempDataLen)
+        need = t.bufferSize
         chunk = []
         while queue and need > 0:
             piece = queue[0]
@@ -253,42 +258,45 @@ class TCPOutbox(Outbox):
                 self.queued -= need
                 need = 0
         if chunk:
-            t.write(b"".join(chunk))
+            data = b"".join(chunk)
+            self.lent = len(data)
+            t.write(data)
         spans = self._spans
         if not queue:
             spans.clear()
-            if self.lose_when_empty:
-                t.loseConnection()
         else:
             handed = self.backlog.appended - self.queued
             while spans and spans[0][1] <= handed:
                 spans.popleft()
 
-    # -- IPushProducer: the transport's buffer went over bufferSize / was all sent
-    def pauseProducing(self) -> None:  # noqa: N802 - Twisted API
-        pass
-
+    # -- IPullProducer: the transport's buffer is empty
     def resumeProducing(self) -> None:  # noqa: N802 - Twisted API
-        queue = self.queue
-        if not queue:
+        if self._registering:
             return
-        pieces = list(queue) if len(queue) <= MAX_PIECES else [queue[i] for i in range(MAX_PIECES)]
-        sent = self._send(pieces)
-        while sent:
-            first = queue[0]
-            size = len(first)
-            if sent >= size:
-                queue.popleft()
-                self.queued -= size
-                sent -= size
-            else:
-                queue[0] = memoryview(first)[sent:]
-                self.queued -= sent
-                sent = 0
-        self._prime()
+        self.lent = 0
+        queue = self.queue
+        if queue:
+            pieces = list(queue) if len(queue) <= MAX_PIECES else [queue[i] for i in range(MAX_PIECES)]
+            sent = self._send(pieces)
+            while sent:
+                first = queue[0]
+                size = len(first)
+                if sent >= size:
+                    queue.popleft()
+                    self.queued -= size
+                    sent -= size
+                else:
+                    queue[0] = memoryview(first)[sent:]
+                    self.queued -= sent
+                    sent = 0
+            self._lend()
+        if not self.lent and (self.lose_when_empty or self.transport.disconnecting):
+            # a pull producer keeps a closing transport open: let go of it
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+        self._on_drain()
 
     def stopProducing(self) -> None:  # noqa: N802 - Twisted API
         self.queue.clear()
         self._spans.clear()
         self.queued = 0
-
