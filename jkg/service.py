@@ -304,7 +304,6 @@ def make_sandboxes(config: GatewayConfig):
     if config.sandbox == "none":
         return None, SandboxProfile(mode="none")
     from jupyter_core.paths import jupyter_runtime_dir
-    from twisted.logger import Logger
 
     from .kernels.store import default_state_path
     from .sandbox.host import probe_host
@@ -330,9 +329,7 @@ def make_sandboxes(config: GatewayConfig):
             hide.append(os.path.dirname(os.path.abspath(path)))
     if config.existing_dir:
         hide.append(config.existing_dir)
-    cgroups = Cgroups.detect(f"jkg-{os.getpid()}")
-    Logger().info("kernel sandbox: {mode} (bwrap {bwrap}); limits by {how}", mode=mode, bwrap=host.bwrap,
-                  how=cgroups.describe() + " and rlimits" if cgroups else "rlimits only (no cgroups here)")
+    cgroups = Cgroups.detect(f"jkg-{os.getpid()}")  # the startup report says which (jkg.startup)
     sandboxes = Sandboxes(host, Workspaces(config.workspace_dir or os.path.join(runtime, "jkg-workspaces")),
                           os.path.join(runtime, "jkg-ipc"), kernel_user, cgroups, tuple(hide),
                           tuple(config.sandbox_expose), independent=config.keep_kernels_on_exit)
@@ -347,7 +344,7 @@ def make_gateway_service(config: GatewayConfig, reactor, listen: bool = True) ->
 
     :raises ListenError: for an endpoint string that does not parse.
     """
-    from .startup import StartupReport
+    from .startup import StartupReport, sandbox_in_force
     from .systemd import ReadyNotifier
 
     endpoints = ([parse_endpoint(description, reactor, config) for description in config.listen_endpoints]
@@ -359,7 +356,9 @@ def make_gateway_service(config: GatewayConfig, reactor, listen: bool = True) ->
         listener.setServiceParent(gateway.service)
     registry = gateway.registry
     StartupReport(config, listeners, registry.launcher.specs, registry.store, gateway.tenants,
-                  registry.pool.sizes if registry.pool is not None else {}).setServiceParent(gateway.service)
+                  registry.pool.sizes if registry.pool is not None else {},
+                  sandbox_in_force(config, registry.sandbox, registry.launcher.sandboxes),
+                  ).setServiceParent(gateway.service)
     ReadyNotifier().setServiceParent(gateway.service)
     gateway.service.gateway = gateway
     return gateway.service

@@ -41,16 +41,47 @@ def auth_mode(config, tenants) -> tuple[str, bool]:
     return " and ".join(parts), False
 
 
+def sandbox_in_force(config, policy, sandboxes) -> str:
+    """The kernel sandbox as launches will apply it, and why: not the ``--sandbox`` value asked for.
+
+    ``--sandbox auto`` resolves to bwrap or none at startup; the operator needs
+    the outcome, the bwrap binary, and what enforces limits (cgroups where the
+    host lets jkg make them, rlimits always), not the word ``auto``.
+
+    :param policy: the registry's :class:`~jkg.sandbox.policy.SandboxPolicy`, or None.
+    :param sandboxes: the launcher's :class:`~jkg.sandbox.provisioner.Sandboxes`, or None.
+    """
+    from .sandbox.policy import sandbox_expected
+
+    if config.sandbox == "auto":
+        reason = f"--sandbox auto: {sandbox_expected(config) or 'no tenants and only loopback listeners'}"
+    else:
+        reason = f"--sandbox {config.sandbox}"
+    if policy is None or not policy.base.sandboxed or sandboxes is None:
+        return f"none ({reason}): kernels run as the gateway's user, in its namespaces, without limits"
+    if sandboxes.cgroups is not None:
+        limits = f"{sandboxes.cgroups.describe()} and rlimits"
+    else:
+        limits = "rlimits only (no cgroups here)"
+    user = f", kernels as uid {sandboxes.kernel_user[0]}" if sandboxes.kernel_user else ""
+    facts = f"bwrap {sandboxes.host.bwrap} ({reason}), network {policy.base.network}{user}; limits by {limits}"
+    if config.tenants:
+        facts += "; the tenants file's [sandbox] table may change this per tenant and kernelspec"
+    return facts
+
+
 class StartupReport(Service):
     """Logs the startup facts once, after every listener is up (added after them)."""
 
-    def __init__(self, config, listeners, specs, store, tenants, pool_sizes: dict):
+    def __init__(self, config, listeners, specs, store, tenants, pool_sizes: dict, sandbox: str):
+        """:param sandbox: :func:`sandbox_in_force`'s description."""
         self.config = config
         self.listeners = listeners
         self.specs = specs
         self.store = store
         self.tenants = tenants
         self.pool_sizes = pool_sizes
+        self.sandbox = sandbox
 
     def startService(self):  # noqa: N802 - Twisted API
         super().startService()
@@ -69,9 +100,7 @@ class StartupReport(Service):
             log.info("authentication: {mode}", mode=mode)
         pool = ", ".join(f"{name}={count}" for name, count in sorted(self.pool_sizes.items())) or "off"
         log.info("warm pool: {pool}", pool=pool)
-        sandbox = getattr(self.config, "sandbox", None)
-        if sandbox is not None:
-            log.info("sandbox: {sandbox}", sandbox=sandbox or "off")
+        log.info("sandbox: {sandbox}", sandbox=self.sandbox)
         log.info("state database: {path}", path=self.store.path if self.store is not None else "off")
         self.specs.describe_all().addCallbacks(self._report_specs, self._specs_failed)
 

@@ -1,6 +1,9 @@
 """What the gateway logs: the startup facts once, levels, JSON lines, and an access log without tokens."""
 import json
+import os
+import pwd
 import re
+import shutil
 
 from support import GatewayProcess
 
@@ -25,6 +28,9 @@ def test_startup_says_where_and_how_once_and_logs_kernel_operations(tmp_path):
                  f"state database: {tmp_path / 'state.sqlite'}", "kernelspecs: python3 (default)"):
         assert fact in startup, startup
     assert any(line.startswith("sandbox: ") for line in startup), startup
+    # the sandbox in force, not the --sandbox value (auto)
+    assert ("sandbox: none (--sandbox auto: no tenants and only loopback listeners): kernels run as the "
+            "gateway's user, in its namespaces, without limits") in startup, startup
     assert len(startup) == len(set(startup))  # once
     text = "\n".join(log)
     assert f"interrupting kernel {kernel}" in text and f"restarted kernel {kernel}" in text
@@ -33,7 +39,7 @@ def test_startup_says_where_and_how_once_and_logs_kernel_operations(tmp_path):
 
 
 def test_anonymous_gateway_warns_and_debug_level_shows_debug_lines():
-    gateway = GatewayProcess("--state-db", "none", "--log-level", "debug").start()
+    gateway = GatewayProcess("--state-db", "none", "--log-level", "debug", "--sandbox", "none").start()
     try:
         gateway.start_kernel()
     finally:
@@ -41,6 +47,7 @@ def test_anonymous_gateway_warns_and_debug_level_shows_debug_lines():
     text = "\n".join(lines(gateway))
     assert "[jkg.startup#warn] authentication: none: anyone who can reach a listener can run code" in text
     assert "state database: off" in text
+    assert "sandbox: none (--sandbox none): kernels run as the gateway's user" in text
     assert "#debug]" in text
 
 
@@ -50,7 +57,17 @@ def test_tenants_mode_is_named_with_its_count(tmp_path):
     gateway = GatewayProcess("--tenants", str(path), "--state-db", "none").start()
     gateway.request("GET", "/api")  # the reactor runs (and handles SIGTERM) once this is answered
     gateway.stop()
-    assert f"authentication: tenants from {path} (2 tenants)" in "\n".join(lines(gateway))
+    text = "\n".join(lines(gateway))
+    assert f"authentication: tenants from {path} (2 tenants)" in text
+    # tenants turn --sandbox auto into bwrap; the line names the binary and what enforces limits here
+    sandbox = [line.split("] ", 1)[1] for line in lines(gateway) if "[jkg.startup#info] sandbox: " in line]
+    user = f", kernels as uid {pwd.getpwnam('nobody').pw_uid}" if os.geteuid() == 0 else ""
+    version = 2 if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else 1
+    assert len(sandbox) == 1 and re.fullmatch(
+        rf"sandbox: bwrap {re.escape(shutil.which('bwrap'))} \(--sandbox auto: tenants are configured\), "
+        rf"network full{user}; limits by (cgroup v{version} \([a-z, ]+\) and rlimits|rlimits only "
+        r"\(no cgroups here\)); the tenants file's \[sandbox\] table may change this per tenant and kernelspec",
+        sandbox[0]), sandbox
 
 
 def test_json_log_lines_for_shippers():
