@@ -5,6 +5,7 @@ asserts what the tenant's code can (and cannot) see or do.  The suite
 installs bubblewrap where it is missing and skips, saying why, only where
 this machine cannot make namespaces.
 """
+import errno
 import json
 import os
 import stat
@@ -21,7 +22,7 @@ from support import TWISTD, GatewayProcess, children_of, pid_alive, stdout_of
 
 ADMIN = "sandbox-admin-token-0d9c"
 TOKENS = {"alice": "alice-token-7f3a9b", "bob": "bob-token-21c4e8", "hog": "hog-token-99aa01",
-          "rooty": "rooty-token-5e5e5e", "disky": "disky-token-3b3b3b"}
+          "rooty": "rooty-token-5e5e5e", "disky": "disky-token-3b3b3b", "carol": "carol-token-6d6d6d"}
 TENANTS = """
 [tenants.alice]
 tokens = ["{alice}"]
@@ -33,12 +34,16 @@ tokens = ["{hog}"]
 tokens = ["{rooty}"]
 [tenants.disky]
 tokens = ["{disky}"]
+[tenants.carol]
+tokens = ["{carol}"]
 [tenants.ops]
 tokens = ["{ops}"]
 admin = true
 
 [sandbox.tenants.bob]
 network = "none"
+[sandbox.tenants.carol]
+network = "loopback"
 [sandbox.tenants.hog]
 memory = "160M"
 processes = 40
@@ -104,12 +109,12 @@ class Tenant:
 
 @pytest.fixture(scope="module")
 def kernels(gateway):
-    """One kernel of alice (full network) and one of bob (no network), shared by the attacks."""
-    alice, bob = Tenant(gateway, "alice"), Tenant(gateway, "bob")
-    ids = {"alice": alice.start(), "bob": bob.start()}
+    """A kernel each of alice (full network), bob (no network) and carol (loopback), shared by the attacks."""
+    tenants = {name: Tenant(gateway, name) for name in ("alice", "bob", "carol")}
+    ids = {name: tenant.start() for name, tenant in tenants.items()}
     yield ids
-    alice.shutdown(ids["alice"])
-    bob.shutdown(ids["bob"])
+    for name, tenant in tenants.items():
+        tenant.shutdown(ids[name])
 
 
 def _own_connection(tenant, kernel_id):
@@ -222,16 +227,31 @@ def test_the_gateway_is_neither_visible_nor_signalable(gateway, kernels):
     assert gateway.request("GET", "/api").status_code == 200
 
 
-def test_no_network_kernel_cannot_reach_the_host_but_works_through_jkg(gateway, kernels):
+NO_INET = """
+    import errno, socket
+    for family in ("AF_INET", "AF_INET6", "AF_PACKET", "AF_NETLINK"):
+        try:
+            socket.socket(getattr(socket, family), socket.SOCK_DGRAM).close()
+            print(family, "CREATED")
+        except OSError as error:
+            print(family, errno.errorcode[error.errno])
+    try:
+        print("connect", socket.create_connection(("127.0.0.1", {port}), timeout=3))
+    except OSError as error:
+        print("connect", errno.errorcode.get(error.errno, error))
+    left, right = socket.socketpair()
+    left.send(b"unix ok")
+    print(right.recv(16).decode(), 6 * 7)
+"""
+
+
+def test_no_network_kernel_has_no_inet_socket_but_works_through_jkg(gateway, kernels):
     bob = Tenant(gateway, "bob")
-    out = bob.run(kernels["bob"], f"""
-        import socket
-        s = socket.socket()
-        s.settimeout(3)
-        print("connect", s.connect_ex(("127.0.0.1", {gateway.port})))
-        print(6 * 7)
-    """)
-    assert "connect 0" not in out and "42" in out
+    out = bob.run(kernels["bob"], NO_INET.format(port=gateway.port))
+    for family in ("AF_INET", "AF_INET6", "AF_PACKET"):
+        assert f"{family} EAFNOSUPPORT" in out
+    assert f"AF_NETLINK {errno.errorcode[errno.EOPNOTSUPP]}" in out  # ENOTSUP: the same number on Linux
+    assert "connect EAFNOSUPPORT" in out and "unix ok 42" in out
     gateway.token = bob.token
     with gateway.connect(kernels["bob"]) as client:  # stdin and interrupt go through ipc as well
         msg_id = client.execute("print(input('name? '))", allow_stdin=True)
@@ -245,7 +265,72 @@ def test_no_network_kernel_cannot_reach_the_host_but_works_through_jkg(gateway, 
         assert any(m["msg_type"] == "execute_reply" and m["content"]["status"] == "error" for m in replies)
     response = bob.request("POST", f"/api/kernels/{kernels['bob']}/restart")
     assert response.status_code == 200, response.text
-    assert "restarted" in bob.run(kernels["bob"], "print('restarted')")
+    out = bob.run(kernels["bob"], "import subprocess, sys\n" + f"print(subprocess.run([sys.executable, '-c', "
+                  f"{textwrap.dedent(NO_INET).format(port=gateway.port)!r}], capture_output=True, text=True).stdout)")
+    assert "AF_INET EAFNOSUPPORT" in out and "unix ok 42" in out  # restarted, and its children, still filtered
+
+
+def test_loopback_kernel_has_its_own_loopback_but_not_the_hosts(gateway, kernels):
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))  # a service of the host, on the host's loopback
+    probe = f"""
+        import errno, socket
+        try:
+            socket.create_connection(("127.0.0.1", {listener.getsockname()[1]}), timeout=3).close()
+            print("host service reached")
+        except OSError as error:
+            print("host service", errno.errorcode.get(error.errno, error))
+    """
+    try:
+        assert "host service reached" in Tenant(gateway, "alice").run(kernels["alice"], probe)  # full: it can
+        out = Tenant(gateway, "carol").run(kernels["carol"], probe + """
+        server = socket.create_server(("127.0.0.1", 0))
+        client = socket.create_connection(server.getsockname(), timeout=3)
+        peer, _ = server.accept()
+        client.sendall(b"own loopback")
+        print(peer.recv(32).decode())
+        """)
+    finally:
+        listener.close()
+    assert "host service ECONNREFUSED" in out and "own loopback" in out
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the other syscall tables tried here are x86_64's")
+@pytest.mark.parametrize("table, code", [
+    # push rbx; mov eax, 359 (i386 socket); mov ebx, AF_INET; mov ecx, SOCK_STREAM; xor edx, edx; int 0x80;
+    # pop rbx; movsxd rax, eax; ret
+    ("i386", "53b867010000bb02000000b90100000031d2cd805b4863c0c3"),
+    # mov eax, 0x40000000 | 41 (x32 socket); mov edi, AF_INET; mov esi, SOCK_STREAM; xor edx, edx; syscall; ret
+    ("x32", "b829000040bf02000000be0100000031d20f05c3"),
+])
+def test_no_network_filter_kills_sockets_made_through_another_syscall_table(bwrap, table, code):
+    """The bypass a number-only filter would miss: the same socket() through the i386 or x32 table."""
+    import signal
+
+    from jkg.sandbox.seccomp import host_network_filter
+
+    run = textwrap.dedent("""
+        import ctypes, mmap, sys
+        memory = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        memory.write(bytes.fromhex(sys.argv[1]))
+        print("returned", ctypes.CFUNCTYPE(ctypes.c_long)(ctypes.addressof(ctypes.c_char.from_buffer(memory)))())
+    """)
+    results = {}
+    for filtered in (False, True):
+        fd = os.memfd_create("seccomp", os.MFD_CLOEXEC)
+        os.write(fd, host_network_filter())
+        os.lseek(fd, 0, os.SEEK_SET)
+        seccomp = ["--seccomp", str(fd)] if filtered else []
+        command = [bwrap.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid",
+                   "--unshare-net", *seccomp, "--", sys.executable, "-c", run, code]
+        try:
+            results[filtered] = subprocess.run(command, pass_fds=(fd,), capture_output=True, text=True, timeout=60)
+        finally:
+            os.close(fd)
+    assert results[False].returncode == 0 and "returned" in results[False].stdout  # the call itself works
+    assert results[True].returncode in (128 + signal.SIGSYS, -signal.SIGSYS), results[True]
+    assert "returned" not in results[True].stdout
 
 
 def test_workspace_is_made_for_the_kernel_and_removed_with_it(gateway):

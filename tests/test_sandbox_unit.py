@@ -116,3 +116,85 @@ def test_rlimits_cover_what_cgroups_do_not():
     without = dict(rlimits_for(limits, ()))
     assert without[resource.RLIMIT_AS] == 1 << 30 and without[resource.RLIMIT_NPROC] == 50
     assert describe_enforcement(limits, None) == "memory, processes, cpu_time, open_files by rlimit"
+
+
+# -- the seccomp filter of network "none" -----------------------------------------------------------------------
+def _run_bpf(program: bytes, nr: int, arch: int, args=(0,) * 6) -> int:
+    """A classic-BPF interpreter for the opcodes the filter uses, checking what the kernel's verifier checks."""
+    import struct
+
+    from jkg.sandbox import seccomp
+
+    data = struct.pack("=iIQ6Q", nr, arch, 0, *args)
+    code = [seccomp.INSTRUCTION.unpack_from(program, i) for i in range(0, len(program), 8)]
+    assert len(program) % 8 == 0 and 0 < len(code) <= 4096
+    pc, acc = 0, 0
+    for _ in range(len(code)):  # jumps only go forward: at most one pass
+        op, jt, jf, k = code[pc]
+        if op == seccomp.LD_W_ABS:
+            assert k % 4 == 0 and k + 4 <= len(data)
+            acc = struct.unpack_from("=I", data, k)[0]
+            pc += 1
+        elif op in (seccomp.JEQ_K, seccomp.JGE_K):
+            taken = acc == k if op == seccomp.JEQ_K else acc >= k
+            pc += 1 + (jt if taken else jf)
+        elif op == seccomp.RET_K:
+            return k
+        else:
+            raise AssertionError(f"unexpected opcode {op:#x}")
+        assert pc < len(code), "fell off the end of the program"
+    raise AssertionError("no return")
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_network_filter_allows_only_unix_sockets(machine):
+    import errno
+    import socket
+
+    from jkg.sandbox import seccomp
+
+    arch = seccomp.ARCHITECTURES[machine]
+    program = seccomp.network_filter(machine)
+    refused = seccomp.RET_ERRNO | errno.EAFNOSUPPORT
+    for family in (socket.AF_INET, socket.AF_INET6, socket.AF_PACKET, 0, 0xFFFFFFFF):
+        assert _run_bpf(program, arch.socket, arch.audit_arch, (family, 1, 0, 0, 0, 0)) == refused, family
+    netlink = _run_bpf(program, arch.socket, arch.audit_arch, (socket.AF_NETLINK, 3, 0, 0, 0, 0))
+    assert netlink == seccomp.RET_ERRNO | errno.EOPNOTSUPP  # what libzmq's getifaddrs() check survives
+    assert _run_bpf(program, arch.socket, arch.audit_arch, (socket.AF_UNIX, 1, 0, 0, 0, 0)) == seccomp.RET_ALLOW
+    # the kernel reads an int from the 64-bit slot: high bits do not turn AF_INET into anything else
+    assert _run_bpf(program, arch.socket, arch.audit_arch, ((1 << 32) | socket.AF_INET,) + (0,) * 5) == refused
+    for other in (0, 1, 57, 59, 231, arch.socket + 1):  # read, write, fork, execve, exit_group, socketpair ...
+        if other != arch.socket and other not in seccomp.IO_URING:
+            assert _run_bpf(program, other, arch.audit_arch, (socket.AF_INET,) + (0,) * 5) == seccomp.RET_ALLOW
+    for number in seccomp.IO_URING:
+        assert _run_bpf(program, number, arch.audit_arch) == seccomp.RET_ERRNO | errno.ENOSYS
+
+
+def test_network_filter_kills_calls_through_another_syscall_table():
+    from jkg.sandbox import seccomp
+
+    program = seccomp.network_filter("x86_64")
+    x86_64 = seccomp.ARCHITECTURES["x86_64"].audit_arch
+    i386, arm = 0x40000003, 0x40000028
+    assert _run_bpf(program, 359, i386, (2, 1, 0, 0, 0, 0)) == seccomp.RET_KILL_PROCESS  # i386 socket
+    assert _run_bpf(program, 102, i386) == seccomp.RET_KILL_PROCESS                      # i386 socketcall
+    assert _run_bpf(program, 0x40000000 | 41, x86_64, (2, 1, 0, 0, 0, 0)) == seccomp.RET_KILL_PROCESS  # x32
+    assert _run_bpf(program, 41, seccomp.ARCHITECTURES["aarch64"].audit_arch) == seccomp.RET_KILL_PROCESS
+    arm64 = seccomp.network_filter("aarch64")
+    assert _run_bpf(arm64, 281, arm, (2, 1, 0, 0, 0, 0)) == seccomp.RET_KILL_PROCESS     # arm32 socket
+
+
+def test_network_filter_is_refused_where_no_table_is_known():
+    from jkg.sandbox import seccomp
+
+    with pytest.raises(seccomp.SeccompUnavailable, match="use network 'loopback'"):
+        seccomp.network_filter("riscv64")
+
+
+def test_argv_passes_the_seccomp_fd_and_keeps_loopback_unfiltered():
+    from dataclasses import replace
+
+    argv = bwrap_argv(replace(PLAN, seccomp_fd=7))
+    assert argv[argv.index("--seccomp") + 1] == "7" and argv.index("--seccomp") < argv.index("--")
+    loopback = bwrap_argv(replace(PLAN, network="loopback"))
+    assert "--unshare-net" in loopback and "--seccomp" not in loopback

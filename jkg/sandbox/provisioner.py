@@ -29,6 +29,7 @@ from ..procfs import children
 from .argv import SandboxPlan, bwrap_argv
 from .host import HostSupport
 from .limits import Cgroups, KernelCgroup, describe_enforcement, make_preexec, rlimits_for
+from .seccomp import SeccompUnavailable, host_network_filter
 from .settings import SandboxProfile
 from .workspace import SandboxError, Workspaces, make_private_dir, remove_tree
 
@@ -87,6 +88,11 @@ class Sandboxes:
                          name=named)
             return False
         uid, gid = self.identity(profile)
+        if profile.network == "none":
+            try:
+                host_network_filter()  # refused here, before anything is made, where no filter is known
+            except SeccompUnavailable as error:
+                raise SandboxError(str(error)) from None
         spec.interrupt_mode = "message"  # signals cannot cross into the sandbox's session
         provisioner = SandboxedProvisioner(kernel_id=kernel_id, kernel_spec=spec, parent=manager)
         provisioner.setup(self, profile, uid, gid)
@@ -115,6 +121,7 @@ class SandboxedProvisioner(LocalProvisioner):
         self.workspace = self.ipc_dir = None
         self.cgroup: KernelCgroup | None = None
         self.oom_baseline = 0
+        self.seccomp_fd: int | None = None
 
     # -- launching -------------------------------------------------------------
     async def pre_launch(self, **kwargs):
@@ -141,8 +148,10 @@ class SandboxedProvisioner(LocalProvisioner):
             workspace=self.workspace, workspace_size=profile.limits.disk, ipc_dir=self.ipc_dir,
             hide=hide, expose=(*_interpreter_paths(), *sandboxes.expose, *self._command_paths(kwargs["cmd"])),
             network=profile.network, die_with_parent=not sandboxes.independent,
-            setpriv=sandboxes.host.setpriv, uid=self.uid, gid=self.gid)
+            setpriv=sandboxes.host.setpriv, uid=self.uid, gid=self.gid, seccomp_fd=self._seccomp_program())
         kwargs["cmd"] = bwrap_argv(plan)
+        if self.seccomp_fd is not None:
+            kwargs["pass_fds"] = (self.seccomp_fd,)
         controllers = sandboxes.cgroups.controllers if sandboxes.cgroups and self.cgroup else ()
         rlimits = rlimits_for(profile.limits, controllers)
         if self.cgroup is not None or rlimits:  # else leave Popen its fast vfork path
@@ -162,6 +171,40 @@ class SandboxedProvisioner(LocalProvisioner):
             self.cgroup = sandboxes.cgroups.create(self.kernel_id, profile.limits)
         if self.cgroup is not None:
             self.oom_baseline = self.cgroup.oom_kills()
+
+    def _seccomp_program(self) -> int | None:
+        """A memfd holding the network filter, for bwrap to read (network ``none`` only).
+
+        One per launch: bwrap reads it from its current offset to the end,
+        and the gateway's copy is closed as soon as bwrap has started.
+        """
+        self._close_seccomp()
+        if self.profile.network != "none":
+            return None
+        try:
+            program = host_network_filter()
+        except SeccompUnavailable as error:
+            raise SandboxError(str(error)) from None
+        fd = os.memfd_create("jkg-seccomp", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, program)
+            os.lseek(fd, 0, os.SEEK_SET)
+        except OSError:
+            os.close(fd)
+            raise
+        self.seccomp_fd = fd
+        return fd
+
+    def _close_seccomp(self) -> None:
+        if self.seccomp_fd is not None:
+            os.close(self.seccomp_fd)
+            self.seccomp_fd = None
+
+    async def launch_kernel(self, cmd, **kwargs):
+        try:
+            return await super().launch_kernel(cmd, **kwargs)
+        finally:
+            self._close_seccomp()
 
     @staticmethod
     def _command_paths(cmd) -> list[str]:
@@ -199,6 +242,7 @@ class SandboxedProvisioner(LocalProvisioner):
         return ""
 
     async def cleanup(self, restart: bool = False) -> None:
+        self._close_seccomp()
         await super().cleanup(restart)
         if restart:
             if self.cgroup is not None:
