@@ -514,3 +514,23 @@ def _pool_seed_reattach(args, runtime):
         kernels = children_of(second.process.pid)
         second.stop()
     assert not [pid for pid in kernels if pid_alive(pid)]
+
+
+def test_an_idle_sandboxed_kernel_is_culled_and_its_workspace_removed(bwrap):
+    with GatewayProcess("--sandbox", "bwrap", "--cull-idle-timeout", "2", "--cull-interval", "0.5") as gateway:
+        kernel_id = gateway.start_kernel()["id"]
+        with gateway.connect(kernel_id) as client:
+            assert "kept" in stdout_of(client.run("open('work.txt', 'w').write('x'); print('kept')"))
+        workspace = os.path.join(gateway.runtime_dir, "jkg-workspaces", "kernels", kernel_id)
+        assert os.path.isfile(os.path.join(workspace, "work.txt"))
+        sandbox = children_of(gateway.process.pid)
+        assert sandbox
+        deadline = time.monotonic() + 60
+        while gateway.request("GET", f"/api/kernels/{kernel_id}").status_code != 404:
+            assert time.monotonic() < deadline, "the idle kernel was not culled"
+            time.sleep(0.3)
+        deadline = time.monotonic() + 30
+        while os.path.exists(workspace) or [pid for pid in sandbox if pid_alive(pid)]:
+            assert time.monotonic() < deadline, "culling left the workspace or sandbox processes behind"
+            time.sleep(0.2)
+        assert f"culling kernel {kernel_id}" in gateway.output.decode(errors="replace")  # culled, not crashed
