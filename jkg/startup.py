@@ -34,7 +34,9 @@ def auth_mode(config, tenants) -> tuple[str, bool]:
     if tenants is not None:
         count = len(tenants.current().tenants)
         parts.append(f"tenants from {config.tenants} ({count} tenant{'s' if count != 1 else ''})")
-    if config.auth_token:
+    if config.auth_token_file:  # tap has read the token from it into auth_token
+        parts.append(f"token from {config.auth_token_file} (--auth-token-file)")
+    elif config.auth_token:
         parts.append("token (--auth-token)")
     if not parts:
         return "none: anyone who can reach a listener can run code", True
@@ -88,7 +90,7 @@ class StartupReport(Service):
         from . import __version__
 
         for listener in self.listeners:
-            port = getattr(listener, "port", None)
+            port = listener.port  # None for a listener that has not started
             if port is not None:
                 tls = listener.description.startswith("ssl:") or bool(self.config.certfile)
                 log.info("jkg {version} listening on {url}", version=__version__,

@@ -51,6 +51,15 @@ def test_anonymous_gateway_warns_and_debug_level_shows_debug_lines():
     assert "#debug]" in text
 
 
+def test_auth_mode_names_the_token_file_the_token_was_read_from():
+    from jkg.config import GatewayConfig
+    from jkg.startup import auth_mode
+
+    from_file = GatewayConfig(auth_token="t0k", auth_token_file="/etc/jkg/token")  # as tap builds it
+    assert auth_mode(from_file, None) == ("token from /etc/jkg/token (--auth-token-file)", False)
+    assert auth_mode(GatewayConfig(auth_token="t0k"), None) == ("token (--auth-token)", False)
+
+
 def test_tenants_mode_is_named_with_its_count(tmp_path):
     path = tmp_path / "tenants.toml"
     path.write_text('[tenants.alice]\ntokens = []\n[tenants.bob]\ntokens = []\n')

@@ -4,10 +4,10 @@ import datetime
 import pytest
 
 from jkg.config import ConfigError, GatewayConfig, build_config
-from jkg.options import OPTIONS
 from jkg.errors import BadRequest
 from jkg.kernels.env import kernel_env, launch_timeout, validate_client_env
 from jkg.kernels.messages import MalformedMessage, isoformat, parse_kernel_frames, status_parts
+from jkg.options import OPTIONS
 
 
 def test_defaults_are_loopback_8888():
