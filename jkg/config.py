@@ -80,6 +80,7 @@ class GatewayConfig:
     sandbox: str = "auto"
     sandbox_network: str = "full"
     kernel_user: str = "nobody"
+    kernel_uid_range: str = ""
     workspace_dir: str = ""
     sandbox_expose: tuple[str, ...] = ()
     heartbeat_interval: float = 5.0

@@ -156,6 +156,9 @@ OPTIONS: tuple[Option, ...] = (
            ("JKG_SANDBOX_NETWORK",)),
     Option("kernel_user", "nobody", text, "User (NAME, UID or UID:GID) sandboxed kernels run as when jkg runs as "
            "root.", ("JKG_KERNEL_USER",)),
+    Option("kernel_uid_range", "", text, "FIRST-LAST: when jkg runs as root, each tenant's kernels run as a uid "
+           "(and gid) of their own from this range, derived from the tenant's name; a tenant's uid in the "
+           "tenants file wins. Empty: every kernel runs as --kernel-user.", ("JKG_KERNEL_UID_RANGE",)),
     Option("workspace_dir", "", text, "Directory holding sandboxed kernels' workspaces; empty means "
            "jkg-workspaces in the Jupyter runtime directory.", ("JKG_WORKSPACE_DIR",)),
     Option("sandbox_expose", "", comma_list, "Comma-separated host paths shown read-only inside sandboxes although "

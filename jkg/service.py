@@ -230,10 +230,12 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     tenants = (TenantsService(config.tenants, reactor, tenants_removed, tenants_reloaded)
                if config.tenants else None)
     if sandboxes is not None or base_profile.sandboxed:
-        from .sandbox.policy import SandboxPolicy
+        from .sandbox.policy import SandboxPolicy, kernel_uid_range
 
         tenant_profile = (lambda: tenants.current().sandbox) if tenants else (lambda: None)
-        registry.sandbox = SandboxPolicy(base_profile, tenant_profile)
+        tenant_names = (lambda: tuple(tenants.current().tenants)) if tenants else tuple
+        registry.sandbox = SandboxPolicy(base_profile, tenant_profile, kernel_uid_range(config, os.geteuid()),
+                                         tenant_names)
     hasher = PasswordHasher(reactor, config.password_hash_threads, config.password_checks_per_address,
                             config.password_checks_per_tenant)
     portal = make_portal(config.auth_token, tenants.current if tenants else (lambda: None), hasher=hasher)

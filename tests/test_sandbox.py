@@ -55,6 +55,9 @@ open_files = 200
 """
 
 
+UID_RANGE = "310000-310999"
+
+
 @pytest.fixture(scope="session")
 def bwrap(bubblewrap_installed):
     """bubblewrap (installed by conftest where missing) able to make namespaces here."""
@@ -72,7 +75,8 @@ def gateway(bwrap, tmp_path_factory):
     tenants = root / "tenants.toml"
     tenants.write_text(TENANTS.format(ops=hash_token(ADMIN), **{k: hash_token(v) for k, v in TOKENS.items()}))
     tenants.chmod(0o600)
-    process = GatewayProcess("--tenants", str(tenants), env={"KG_AUTH_TOKEN": ADMIN}).start()
+    uid_range = ("--kernel-uid-range", UID_RANGE) if os.geteuid() == 0 else ()  # only root hands out uids
+    process = GatewayProcess("--tenants", str(tenants), *uid_range, env={"KG_AUTH_TOKEN": ADMIN}).start()
     process.tenants_file = str(tenants)
     try:
         yield process
@@ -138,6 +142,20 @@ def test_kernel_runs_unprivileged_in_its_own_pid_namespace(gateway, kernels):
     assert uid != "0" and gid != "0"
     assert cwd == home == "/home/kernel"
     assert len(json.loads(pids)) <= 3  # bwrap's init, the kernel, maybe a helper: no gateway, no other kernel
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="--kernel-uid-range needs jkg to run as root")
+def test_each_tenant_runs_as_its_own_uid_from_the_range(gateway, kernels):
+    from jkg.sandbox.uids import assign_uids, parse_uid_range
+
+    expected = assign_uids(["alice", "bob", "carol", "hog", "rooty", "disky", "ops"], parse_uid_range(UID_RANGE),
+                           taken=(0,))
+    for name in ("alice", "bob"):
+        out = Tenant(gateway, name).run(kernels[name], "import os; print(os.getuid(), os.getgid())")
+        assert out.split() == [str(expected[name])] * 2
+        workspace = os.path.join(gateway.runtime_dir, "jkg-workspaces", "kernels", kernels[name])
+        assert os.stat(workspace).st_uid == expected[name]
+    assert expected["alice"] != expected["bob"]
 
 
 def test_state_database_tenants_file_and_runtime_dir_are_invisible(gateway, kernels):

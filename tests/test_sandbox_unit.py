@@ -198,3 +198,49 @@ def test_argv_passes_the_seccomp_fd_and_keeps_loopback_unfiltered():
     assert argv[argv.index("--seccomp") + 1] == "7" and argv.index("--seccomp") < argv.index("--")
     loopback = bwrap_argv(replace(PLAN, network="loopback"))
     assert "--unshare-net" in loopback and "--seccomp" not in loopback
+
+
+# -- --kernel-uid-range ---------------------------------------------------------------------------------------
+def test_uid_range_is_parsed_and_never_includes_root():
+    from jkg.sandbox.uids import parse_uid_range
+
+    assert parse_uid_range("200000-265535") == (200000, 265535) and parse_uid_range(" ") is None
+    for bad in ("0-100", "5-4", "100", "a-b", "1-4294967295"):
+        with pytest.raises(ValueError):
+            parse_uid_range(bad)
+
+
+def test_uids_are_distinct_stable_and_avoid_explicit_ones():
+    from jkg.sandbox.uids import assign_uids, preferred_uid
+
+    names = [f"tenant{i}" for i in range(40)]
+    small = (1000, 1049)  # 50 uids for 40 names: collisions certain
+    assigned = assign_uids(names, small, taken=(1000, 1001))
+    assert len(set(assigned.values())) == 40 and all(1002 <= uid <= 1049 for uid in assigned.values())
+    assert assign_uids(list(reversed(names)), small, taken=(1001, 1000)) == assigned  # order does not matter
+    # adding a tenant that sorts after everyone moves nobody else
+    grown = assign_uids([*names, "zz-late"], small, taken=(1000, 1001))
+    assert {name: grown[name] for name in names} == assigned
+    big = (200000, 265535)
+    assert assign_uids(["alice"], big)["alice"] == preferred_uid("alice", big) == assign_uids(["alice", "b"], big)[
+        "alice"]
+    with pytest.raises(ValueError, match="free uids"):
+        assign_uids(names, (1000, 1039), taken=(1000,))
+
+
+def test_policy_gives_each_tenant_its_range_uid_unless_its_table_sets_one():
+    from jkg.sandbox.settings import parse_sandbox_table
+
+    table = parse_sandbox_table({"tenants": {"carol": {"uid": 4242}}})
+    names = ("alice", "bob", "carol")
+    policy = SandboxPolicy(SandboxProfile(mode="bwrap"), lambda: table, (300000, 300999), lambda: names)
+    alice, bob, carol = (policy.profile_for(name, "python3") for name in names)
+    assert 300000 <= alice.uid <= 300999 and alice.gid == alice.uid and bob.uid != alice.uid
+    assert (carol.uid, carol.gid) == (4242, None)
+    assert policy.profile_for(None, "python3").uid is None  # the pool's kernels keep --kernel-user
+    assert not policy.poolable(alice, policy.profile_for(None, "python3"))
+    assert policy.profile_for("alice", "python3") == alice
+    with pytest.raises(ConfigError, match="needs jkg to run as root"):
+        from jkg.sandbox.policy import kernel_uid_range
+
+        kernel_uid_range(GatewayConfig(kernel_uid_range="300000-300999"), euid=1000)
