@@ -115,7 +115,7 @@ def measure(target, clients: int, seconds: float) -> dict:
         elapsed = time.perf_counter() - started
     count = len(latencies)
     return {"rps": count / elapsed, "p50": percentile(latencies, 0.5) * 1000, "p99": percentile(latencies, 0.99) * 1000,
-            "errors": errors, "cpu_us": (cpu.seconds or 0) / max(1, count) * 1e6, "n": count}
+            "errors": errors, "cpu_us": (cpu.seconds or 0) / max(1, count) * 1e6, "n": count, "raw": latencies}
 
 
 DIRECT_CODE = 'REQUEST = "{\\"body\\": \\"\\", \\"args\\": {}, \\"path\\": {}, \\"headers\\": {}}"\nprint("hello world")'
@@ -148,12 +148,18 @@ def measure_direct(direct, seconds: float) -> dict:
     finally:
         direct.delete_kernel(kernel)
     return {"rps": len(latencies) / elapsed, "p50": percentile(latencies, 0.5) * 1000,
-            "p99": percentile(latencies, 0.99) * 1000, "errors": 0, "cpu_us": 0.0, "n": len(latencies)}
+            "p99": percentile(latencies, 0.99) * 1000, "errors": 0, "cpu_us": 0.0, "n": len(latencies),
+            "raw": latencies}
 
 
 def make_targets(args, logdir: Path, notebook: Path) -> list:
-    targets = [_gateway.jkg("jkg", _gateway.REPO, logdir, args=[
-        "--api", "notebook-http", "--seed-uri", str(notebook), "--notebook-max-kernels", str(args.jkg_kernels)])]
+    jkg_args = ["--api", "notebook-http", "--seed-uri", str(notebook), "--notebook-max-kernels", str(args.jkg_kernels)]
+    targets = [_gateway.jkg("jkg", _gateway.REPO, logdir, args=jkg_args)]
+    for spec in args.jkg:  # A/B: NAME=TREE[;ENV=VALUE...], e.g. a git worktree of a variant commit
+        name, _, rest = spec.partition("=")
+        tree, *settings = rest.split(";")
+        env = dict(setting.split("=", 1) for setting in settings if setting)
+        targets.append(_gateway.jkg(name, Path(tree), logdir, env=env, args=jkg_args))
     exe = str(_gateway.kg_exe())
     for prespawn in [1] + [n for n in args.kg_prespawn if n != 1]:
         port = _gateway.free_port()
@@ -178,6 +184,9 @@ def main() -> int:
     parser.add_argument("--clients", default="1,32", help="comma-separated concurrency levels")
     parser.add_argument("--jkg-kernels", type=int, default=4, help="jkg's --notebook-max-kernels")
     parser.add_argument("--kg-prespawn", default="", help="also run kg with these prespawn counts, e.g. 4")
+    parser.add_argument("--jkg", action="append", default=[], metavar="NAME=TREE[;ENV=VALUE...]",
+                        help="another jkg to compare, started from source tree TREE (repeatable)")
+    parser.add_argument("--dump", metavar="FILE", help="write every latency (ms) per target, level, round as JSON")
     args = parser.parse_args()
     args.kg_prespawn = [int(n) for n in args.kg_prespawn.split(",") if n.strip()]
     levels = [int(n) for n in args.clients.split(",")]
@@ -205,13 +214,17 @@ def main() -> int:
             target.stop()
     print(f"\nnotebook-http GET /hello, {args.seconds:g} s per measure, median of {args.rounds} rounds; "
           f"load {_proc.loadavg()}")
-    print(f"{'target':8} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>10} {'errors':>6}")
+    if args.dump:
+        Path(args.dump).write_text(json.dumps({f"{name} {clients}": [[x * 1000 for x in run["raw"]] for run in runs]
+                                               for (name, clients), runs in results.items()}))
+    print(f"{'target':8} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>7} "
+          f"{'cpu us/req':>10} {'n':>6} {'errors':>6}")
     medians = {}
     for (name, clients), runs in results.items():
-        row = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        row = {key: statistics.median(run[key] for run in runs) for key in runs[0] if key != "raw"}
         medians[(name, clients)] = row
         print(f"{name:8} {clients:7d} {row['rps']:9.1f} {row['p50']:8.2f} {row['p99']:8.2f} "
-              f"{row['cpu_us']:10.0f} {int(row['errors']):6d}")
+              f"{row['p99'] / row['p50']:7.2f} {row['cpu_us']:10.0f} {int(row['n']):6d} {int(row['errors']):6d}")
     top = max(levels)
     ratio = medians[("jkg", top)]["rps"] / medians[("kg", top)]["rps"]
     jitter = medians[("jkg", 1)]["p99"] / medians[("jkg", 1)]["p50"]
@@ -221,6 +234,13 @@ def main() -> int:
               f"jkg p50 / direct p50: {medians[('jkg', 1)]['p50'] / medians[('direct', 1)]['p50']:.2f}")
     print(f"\njkg / kg throughput at {top} clients: {ratio:.1f}x (target >= 5x: {'met' if ratio >= 5 else 'NOT met'})")
     print(f"jkg p99 / p50 at 1 client: {jitter:.2f} (target <= 2: {'met' if jitter <= 2 else 'NOT met'})")
+    for target in targets[1:]:
+        if target.name.startswith("kg") or (target.name, 1) not in medians:
+            continue
+        row = medians[(target.name, 1)]
+        print(f"{target.name} p99 / p50 at 1 client: {row['p99'] / row['p50']:.2f}"
+              + (f"; {target.name} / kg throughput at {top} clients: "
+                 f"{medians[(target.name, top)]['rps'] / medians[('kg', top)]['rps']:.1f}x" if top != 1 else ""))
     return 0
 
 
