@@ -213,6 +213,9 @@ def test_tenants_need_credentials_and_hold_at_most_their_quota(tmp_path):
         url = process.url + "/svc/sleep?s=0"
         assert get(url).status_code == 401
         assert get(url, headers={"Authorization": "token wrong"}).status_code == 401
+        preflight = requests.options(url, timeout=30)  # browsers send no credentials with a preflight
+        assert (preflight.status_code, preflight.content) == (200, b"")
+        assert requests.options(process.url + "/svc/nowhere", timeout=30).status_code == 404
         wait_for(lambda: get(url, headers={"Authorization": f"token {bob}"}).ok, timeout=90)
         as_alice = {"Authorization": f"token {alice}"}
         assert get(process.url + "/sleep?s=0", headers={"Authorization": f"token {bob}"}).status_code == 404

@@ -23,11 +23,12 @@ from ..errors import GatewayError, NotFound
 from ..web.http import write_error
 from ..web.login import login
 from .annotations import openapi_spec, swagger_spec
-from .app import HttpRequest
+from .app import HttpRequest, MethodNotAllowed
 
 log = Logger()
 
 MAX_BODY = 16 * 1024 * 1024
+SPEC_PATHS = ("/_api/spec/swagger.json", "/_api/spec/openapi.json")
 
 
 class _StaticFiles(static.File):
@@ -62,9 +63,26 @@ class NotebookResource(resource.Resource):
         self._allow_download = allow_download
         self._hosts = hosts  # the Host allow-list while serving without credentials (DNS rebinding)
 
-    def render(self, request):
+    def _relative(self, request) -> str:
         raw = request.path
-        relative = "/" + raw[len(self._base):].decode("latin-1") if raw.startswith(self._base) else "/"
+        return "/" + raw[len(self._base):].decode("latin-1") if raw.startswith(self._base) else "/"
+
+    def answer_preflight(self, request) -> bytes:
+        """``OPTIONS`` as jupyter-kernel-gateway answers it: 200 with an empty body where a route
+        exists (endpoints, whatever their verbs, and the specs), 404 elsewhere, 405 on ``/public/``.
+        Without credentials: browsers send none with a preflight."""
+        relative = self._relative(request)
+        if self._static is not None and relative.startswith("/public/"):
+            return write_error(request, MethodNotAllowed("OPTIONS is not allowed on static files"))
+        app, sub = self._find(relative)
+        if app is not None and (sub in SPEC_PATHS or (sub == "/_api/source" and self._allow_download)
+                                or app.api.route(sub) is not None):
+            request.setResponseCode(200)
+            return b""
+        return write_error(request, NotFound(f"no endpoint matches {relative}"))
+
+    def render(self, request):
+        relative = self._relative(request)
         if self._static is not None and relative.startswith("/public/"):
             return self._serve_static(request, relative)
         finished = {"lost": False}

@@ -22,7 +22,11 @@ log = Logger()
 
 
 class CorsResource(Resource):
-    """Applies the CORS policy, answers ``OPTIONS``, then defers to the API."""
+    """Applies the CORS policy, answers ``OPTIONS``, then defers to the API.
+
+    A preflight gets 204, or what the API's ``answer_preflight(request)``
+    returns when it has one (notebook-http answers as the reference does).
+    """
 
     isLeaf = True
 
@@ -35,6 +39,9 @@ class CorsResource(Resource):
         preflight = request.method == b"OPTIONS"
         self._cors.apply(request, preflight=preflight)
         if preflight:
+            answer = getattr(self._api, "answer_preflight", None)
+            if answer is not None:
+                return answer(request)
             request.setResponseCode(204)
             return b""
         return self._api.render(request)
