@@ -291,6 +291,9 @@ class FakeLauncher:
         self.launched.append(launched)
         return d
 
+    def close(self):
+        self.closed = True
+
     def finish_all(self):
         pending, self.pending = self.pending, []
         for d, launched in pending:

@@ -128,8 +128,12 @@ class GatewayProcess:
 
     def start_kernel(self, **body) -> dict:
         response = self.request("POST", "/api/kernels", json=body)
-        assert response.status_code == 201, response.text
+        assert response.status_code == 201, f"{response.text}\n--- gateway output ---\n{self.output_tail()}"
         return response.json()
+
+    def output_tail(self, limit: int = 4000) -> str:
+        """The end of what the gateway printed: why a test's request failed, in the test's report."""
+        return bytes(self.output[-limit:]).decode(errors="replace")
 
     def connect(self, kernel_id: str, session_id: str | None = None, v1: bool = False, **kwargs) -> "KernelClient":
         return KernelClient(self, kernel_id, session_id=session_id, v1=v1, **kwargs)

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -83,7 +84,8 @@ def test_engine_settings_reach_only_container_launchers():
 
     assert engines.provisioner_environ(Config, {}) == {
         "DOCKER_HOST": "unix:///d.sock", "GP_DOCKER_NETWORK": "net", "GP_RESPONSE_IP": "10.1.2.1",
-        "GP_RESPONSE_PORT": "9999", "GP_REMOTE_HOSTS": "h1,h2", "GP_LAUNCH_TIMEOUT": "43"}
+        "GP_RESPONSE_PORT": "9999", "GP_REMOTE_HOSTS": "h1,h2", "GP_LAUNCH_TIMEOUT": "43",
+        "GP_SOCKET_TIMEOUT": "0"}
     environ = {"DOCKER_HOST": "unix:///d.sock", "GP_DOCKER_NETWORK": "net", "HOME": "/root"}
     docker = container_spec("img:1")
     assert engines.launcher_env(docker, environ, "/run/e") == {
@@ -128,6 +130,11 @@ def setup(docker_engine, tmp_path_factory):
     _write_spec(share, "docker-python", container_spec(docker_engine.image, network=docker_engine.network))
     _write_spec(share, "docker-missing", container_spec("jkg-kernel:absent"))
     _write_spec(share, "docker-exits", container_spec("jkg-kernel:exits"))
+    slow = container_spec(docker_engine.image, network=docker_engine.network)
+    # a slow engine: the launcher asks for the container only after SLOW_ENGINE seconds
+    slow["argv"][1:3] = ["-c", "import runpy, sys, time; time.sleep(%s); sys.argv[0] = 'launch'; "
+                         "runpy.run_module('jkg.provisioners.docker_launch', run_name='__main__')" % SLOW_ENGINE]
+    _write_spec(share, "docker-slow", slow)
     k8s = container_spec(docker_engine.image)  # what jupyter-k8s-spec writes, in the parts that matter here
     k8s["metadata"]["kernel_provisioner"]["provisioner_name"] = "kubernetes-provisioner"
     _write_spec(share, "k8s-python", k8s)
@@ -138,7 +145,7 @@ def setup(docker_engine, tmp_path_factory):
     tenants.write_text(f"""
 [tenants.alice]
 tokens = ["{hash_token(ALICE)}"]
-kernelspecs = ["docker-python", "docker-missing", "docker-exits", "k8s-python"]
+kernelspecs = ["docker-python", "docker-missing", "docker-exits", "docker-slow", "k8s-python"]
 
 [sandbox.tenants.alice]
 memory = "320M"
@@ -309,6 +316,44 @@ def test_response_never_arrives(setup, docker_engine):
         message = _failed_start(gateway, "docker-python", 8 + 10)
         assert "Waited too long" in message or "launch timeout" in message, message
         assert not docker_engine.containers()
+        assert gateway.request("GET", "/api/kernels").json() == []
+    finally:
+        gateway.stop()
+
+
+SLOW_ENGINE = 6
+
+
+def test_slow_engine_stalls_nobody_and_leaves_nothing(setup, docker_engine):
+    # The launch times out (2 s) long before the launcher even asks the engine for its container
+    # (6 s); meanwhile the gateway keeps answering, and the container created after the failed
+    # start does not outlive it.
+    gateway = start_gateway(setup, docker_engine, "--kernel-launch-timeout", "2")
+    try:
+        outcome = {}
+
+        def start():
+            before = time.monotonic()
+            outcome["response"] = gateway.request("POST", "/api/kernels", json={"name": "docker-slow"}, timeout=60)
+            outcome["elapsed"] = time.monotonic() - before
+
+        starter = threading.Thread(target=start)
+        starter.start()
+        time.sleep(0.5)
+        slowest = 0.0
+        while starter.is_alive() and "elapsed" not in outcome:
+            before = time.monotonic()
+            assert gateway.request("GET", "/api", timeout=10).status_code == 200
+            slowest = max(slowest, time.monotonic() - before)
+            time.sleep(0.2)
+        starter.join(60)
+        response = outcome["response"]
+        assert response.status_code == 500, response.text
+        assert "Waited too long" in response.json()["message"], response.text
+        assert outcome["elapsed"] > SLOW_ENGINE, "the launcher was not waited for: its container could appear later"
+        assert slowest < 1.0, f"a request waited {slowest:.1f} s while a container kernel was starting"
+        assert not docker_engine.containers(), gateway.output_tail()
+        assert "left by kernel" in gateway.output_tail()  # it was created late, and removed
         assert gateway.request("GET", "/api/kernels").json() == []
     finally:
         gateway.stop()

@@ -3,8 +3,12 @@
 This is the only module that imports jupyter_client's kernel managers, and the
 only place that bridges asyncio coroutines to Deferreds.  Kernels are launched
 through jupyter_client's provisioners, so a kernelspec naming any installed
-provisioner works.  jupyter_client's async API needs Twisted's asyncio reactor;
-:func:`as_deferred` must therefore be called while that reactor runs.
+provisioner works.  Local kernels are managed on the reactor's own loop
+(jupyter_client's async API needs Twisted's asyncio reactor; :func:`as_deferred`
+must therefore be called while that reactor runs); kernels whose provisioner
+may block (containers, SSH hosts, anything not known to be local) are managed
+on the :class:`~jkg.kernels.engine_loop.EngineLoop`, so the reactor never waits
+for an engine.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import asyncio
 import os
 import re
 import subprocess
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable
 
 from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager, NoSuchKernel
 from jupyter_client.manager import AsyncKernelManager
@@ -24,6 +28,7 @@ from zope.interface import implementer
 from ..errors import KernelLaunchError, NotFound, UnknownKernelSpec
 from ..interfaces import ILaunchedKernel
 from ..provisioners import engines
+from .engine_loop import EngineLoop
 from .runtime import GATEWAY_PID_KEY, connection_file_path
 from .stderr import StderrTail
 
@@ -33,6 +38,14 @@ log = Logger()
 def as_deferred(awaitable: Awaitable[Any]) -> Deferred:
     """Run an asyncio coroutine on the reactor's loop and return a Deferred."""
     return Deferred.fromFuture(asyncio.ensure_future(awaitable))
+
+
+# Runs a coroutine factory on the loop a kernel's manager lives on.
+Runner = Callable[[Callable[[], Awaitable[Any]]], Deferred]
+
+
+def _on_reactor_loop(make: Callable[[], Awaitable[Any]]) -> Deferred:
+    return as_deferred(make())
 
 
 class KernelSpecs:
@@ -100,8 +113,6 @@ class KernelSpecs:
 
 
 MAX_RESOURCE_SIZE = 4 * 1024 * 1024
-# Provisioners known to poll without blocking (a Popen.poll()), safe to call on the reactor.
-NON_BLOCKING_PROVISIONERS = frozenset({"LocalProvisioner", "NetnsProvisioner", "SandboxedProvisioner"})
 _SPEC_NAME = re.compile(r"[\w.\-]{1,255}\Z")
 
 
@@ -119,9 +130,15 @@ class LaunchedKernel:
     can_restart = True
     owned = True
 
-    def __init__(self, manager: AsyncKernelManager, stderr=None):
+    def __init__(self, manager: AsyncKernelManager, stderr=None, run: Runner | None = None):
+        """
+        :param run: runs a coroutine factory and returns a Deferred: on the
+            reactor's loop for local kernels, on the :class:`EngineLoop` for
+            provisioners that block.  The manager lives on that loop for good.
+        """
         self._manager = manager
         self.stderr = stderr  # a StderrTail for local processes
+        self._run = run or _on_reactor_loop
 
     def stderr_tail(self) -> str:
         return self.stderr.tail() if self.stderr is not None else ""
@@ -143,16 +160,8 @@ class LaunchedKernel:
         return getattr(process, "pid", None)
 
     def is_alive(self) -> Deferred:
-        """Poll the provisioner; off the reactor for provisioners that may block.
-
-        Remote provisioners (Kubernetes, YARN, Docker ...) make synchronous
-        API calls inside their ``poll()`` coroutine, every few seconds per
-        kernel; those run on a worker thread with an event loop of its own.
-        """
-        provisioner = self._manager.provisioner
-        if provisioner is None or type(provisioner).__name__ in NON_BLOCKING_PROVISIONERS:
-            return as_deferred(self._manager.is_alive())
-        return deferToThread(lambda: asyncio.run(self._manager.is_alive()))
+        """Poll the provisioner (on the loop its manager lives on)."""
+        return self._run(self._manager.is_alive)
 
     def record_info(self) -> Deferred:
         """Fire with ``(pid, provisioner_info)``: what a later gateway needs to reattach."""
@@ -162,17 +171,17 @@ class LaunchedKernel:
             details = await provisioner.get_provisioner_info() if provisioner is not None else {}
             return self.pid, details
 
-        return as_deferred(info())
+        return self._run(info)
 
     def interrupt(self) -> Deferred:
-        return as_deferred(self._manager.interrupt_kernel())
+        return self._run(self._manager.interrupt_kernel)
 
     def restart(self, now: bool = False) -> Deferred:
-        return as_deferred(self._restart(now))
+        return self._run(lambda: self._restart(now))
 
     def shutdown(self, now: bool = False) -> Deferred:
         """Ask politely over the control channel, then kill; fire when gone."""
-        return as_deferred(self._shutdown(now))
+        return self._run(lambda: self._shutdown(now))
 
     async def _shutdown(self, now: bool) -> None:
         remote = engines.remote_kernel_process(self._manager.provisioner)
@@ -224,6 +233,35 @@ class KernelLauncher:
         self.independent = independent
         self.reactor = reactor
         self.sandboxes = sandboxes
+        self._engine_loop: EngineLoop | None = None
+
+    def _runner_for(self, manager: AsyncKernelManager) -> Runner:
+        """The reactor's loop for local kernels; the engine loop for provisioners that may block."""
+        try:
+            spec = manager.kernel_spec
+        except NoSuchKernel:
+            return _on_reactor_loop  # _launch reports the unknown name
+        if not engines.is_remote(spec):
+            return _on_reactor_loop
+        if self._engine_loop is None:
+            reactor = self.reactor
+            if reactor is None:
+                from twisted.internet import reactor
+            self._engine_loop = EngineLoop(reactor)
+        return self._engine_loop.run
+
+    def close(self) -> None:
+        """Stop the engine loop (after the registry has shut its kernels down)."""
+        if self._engine_loop is not None:
+            self._engine_loop.stop()
+            self._engine_loop = None
+
+    def _started(self, manager: AsyncKernelManager, run: Runner) -> LaunchedKernel:
+        """Wrap a started manager; runs on the reactor (the stderr reader is the reactor's)."""
+        process = getattr(manager.provisioner, "process", None)
+        pipe = getattr(process, "stderr", None)
+        tail = StderrTail(self.reactor, pipe) if pipe is not None and self.reactor is not None else None
+        return LaunchedKernel(manager, tail, run)
 
     def launch(self, kernel_id: str, kernel_name: str, env: dict[str, str], sandbox=None) -> Deferred:
         """Fire with a :class:`LaunchedKernel` once the process is started.
@@ -233,7 +271,9 @@ class KernelLauncher:
         :param sandbox: a :class:`jkg.sandbox.settings.SandboxProfile`, or None.
         """
         manager = _manager(kernel_id, kernel_name, self.specs, self.shutdown_wait_time)
-        return as_deferred(self._launch(manager, kernel_id, env, sandbox))
+        run = self._runner_for(manager)
+        started = run(lambda: self._launch(manager, kernel_id, env, sandbox))
+        return started.addCallback(lambda _: self._started(manager, run))
 
     def relaunch(self, kernel_id: str, kernel_name: str, env: dict[str, str], connection_info: dict,
                  sandbox=None) -> Deferred:
@@ -245,7 +285,9 @@ class KernelLauncher:
         if sandbox is not None and sandbox.sandboxed and info.get("transport") == "ipc":
             info = {k: v for k, v in info.items() if not k.endswith("_port") and k not in ("ip", "transport")}
         manager.load_connection_info(info)
-        return as_deferred(self._launch(manager, kernel_id, env, sandbox))
+        run = self._runner_for(manager)
+        started = run(lambda: self._launch(manager, kernel_id, env, sandbox))
+        return started.addCallback(lambda _: self._started(manager, run))
 
     def restore(self, kernel_id: str, kernel_name: str, connection_info: dict, provisioner_info: dict) -> Deferred:
         """Take over a kernel another gateway started on an engine (``--keep-kernels-on-exit``).
@@ -257,9 +299,11 @@ class KernelLauncher:
         """
         manager = AsyncKernelManager(kernel_name=kernel_name, kernel_spec_manager=self.specs.manager)
         manager.shutdown_wait_time = self.shutdown_wait_time
-        return as_deferred(self._restore(manager, kernel_id, connection_info, provisioner_info))
+        run = self._runner_for(manager)
+        return run(lambda: self._restore(manager, kernel_id, connection_info, provisioner_info)).addCallback(
+            lambda _: LaunchedKernel(manager, None, run))
 
-    async def _restore(self, manager, kernel_id, connection_info, provisioner_info) -> LaunchedKernel:
+    async def _restore(self, manager, kernel_id, connection_info, provisioner_info) -> AsyncKernelManager:
         from jupyter_client.provisioning import KernelProvisionerFactory
 
         info = dict(connection_info)
@@ -272,9 +316,9 @@ class KernelLauncher:
         await provisioner.load_provisioner_info({**provisioner_info, "connection_info": info})
         manager.provisioner = provisioner
         await provisioner.poll()  # container provisioners find their container (and its name) here
-        return LaunchedKernel(manager)
+        return manager
 
-    async def _launch(self, manager: AsyncKernelManager, kernel_id: str, env: dict, sandbox=None) -> LaunchedKernel:
+    async def _launch(self, manager: AsyncKernelManager, kernel_id: str, env: dict, sandbox=None) -> None:
         if sandbox is not None and sandbox.sandboxed:
             from ..sandbox.workspace import SandboxError
 
@@ -306,14 +350,12 @@ class KernelLauncher:
         except NoSuchKernel:
             raise UnknownKernelSpec(manager.kernel_name) from None
         except Exception as error:  # noqa: BLE001 - report why, never a traceback
-            await _cleanup_quietly(manager)
+            provisioner = manager.provisioner
+            await _cleanup_quietly(manager)  # waits for a container launcher to exit
+            await _remove_engine_leftovers(provisioner, kernel_id)
             engine = engines.read_launch_errors(errors_file)
             raise KernelLaunchError(f"kernel {manager.kernel_name} failed to start: {error}"
                                     + (f"; engine: {engine}" if engine else "")) from None
-        process = getattr(manager.provisioner, "process", None)
-        pipe = getattr(process, "stderr", None)
-        tail = StderrTail(self.reactor, pipe) if pipe is not None else None
-        return LaunchedKernel(manager, tail)
 
 
 def _launch_errors_file(kernel_id: str) -> str:
@@ -330,6 +372,17 @@ async def _reap_remote(provisioner, target) -> None:
         await asyncio.get_running_loop().run_in_executor(None, engines.reap_remote_kernel, provisioner, target)
     except Exception as error:  # noqa: BLE001 - the host may be gone; the shutdown itself succeeded
         log.warn("could not check kernel {pid} on {host}: {error}", pid=target[1], host=target[0], error=error)
+
+
+async def _remove_engine_leftovers(provisioner, kernel_id: str) -> None:
+    try:
+        removed = await asyncio.get_running_loop().run_in_executor(
+            None, engines.remove_engine_leftovers, provisioner, kernel_id)
+    except Exception as error:  # noqa: BLE001 - the engine may be down; say so, the start failed anyway
+        log.warn("could not check the engine for kernel {id}'s containers: {error}", id=kernel_id, error=error)
+        return
+    if removed:
+        log.info("removed {names} left by kernel {id}'s failed start", names=", ".join(removed), id=kernel_id)
 
 
 async def _cleanup_quietly(manager: AsyncKernelManager) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import subprocess
 from typing import Any, Mapping, MutableMapping
 
 # Provisioners that run the kernel as a local process: no engine, nothing to add.
@@ -35,7 +36,7 @@ def provisioner_environ(config: Any, environ: Mapping[str, str]) -> dict[str, st
     """The ``GP_*``/``DOCKER_HOST`` variables jkg's options stand for.
 
     Options given win over the environment; an operator's own ``GP_LAUNCH_TIMEOUT``
-    is kept, otherwise the provisioner's wait for the launcher's connection info is
+    (or ``GP_SOCKET_TIMEOUT``) is kept, otherwise the provisioner's wait for the launcher's connection info is
     bounded by ``--kernel-launch-timeout`` like every other start.
     """
     env = {}
@@ -50,6 +51,10 @@ def provisioner_environ(config: Any, environ: Mapping[str, str]) -> dict[str, st
         env["GP_REMOTE_HOSTS"] = ",".join(config.remote_hosts)
     if "GP_LAUNCH_TIMEOUT" not in environ:
         env["GP_LAUNCH_TIMEOUT"] = str(max(1, math.ceil(config.kernel_launch_timeout)))
+    if "GP_SOCKET_TIMEOUT" not in environ:
+        # 0 makes gateway_provisioners' sockets non-blocking: its response listener's periodic
+        # accept() otherwise sleeps 10 ms at a time, ~100 times a second, on the loop it runs on.
+        env["GP_SOCKET_TIMEOUT"] = "0"
     return env
 
 
@@ -156,6 +161,52 @@ def reap_remote_kernel(provisioner: Any, target: tuple[str, int, str]) -> None:
     """
     ip, pid, kernel_id = target
     provisioner._rsh(ip, reap_command(pid, kernel_id))
+
+
+# -- container kernels: nothing left on the engine after a failed start ---------------------------
+CONTAINER_PROVISIONERS = frozenset({"DockerProvisioner", "DockerSwarmProvisioner"})
+
+
+# How long a failed start waits for a container launcher still asking its engine before killing it.
+LAUNCHER_GRACE = 120.0
+
+
+def remove_engine_leftovers(provisioner: Any, kernel_id: str, grace: float = LAUNCHER_GRACE) -> list[str]:
+    """After a failed start: wait for the launcher, then remove every container or service labelled
+    with ``kernel_id``; return their names (blocking: run it off the reactor).
+
+    Why: when a start fails (launch timeout, a response that never comes),
+    gateway_provisioners kills only the container it has already *seen*
+    running, and does not wait for its local launcher.  On a slow engine the
+    launcher asked for the container after that -- or left it ``created`` and
+    never started, which the provisioner's lookup of running containers does
+    not list -- and the container outlived the failed start.  The launcher is
+    waited for (not killed: a request the engine already has could still
+    create a container after the kill), so nothing creates another one after
+    the sweep.
+    """
+    kind = type(provisioner).__name__
+    if kind not in CONTAINER_PROVISIONERS or not _KERNEL_ID.match(str(kernel_id or "")):
+        return []
+    launcher = provisioner.local_proc  # the Popen of the local launcher, None once reaped
+    if launcher is not None:
+        try:
+            launcher.wait(grace)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            launcher.wait()
+    client = provisioner.client
+    label = {"label": f"kernel_id={kernel_id}"}
+    found = client.services.list(filters=label) if kind == "DockerSwarmProvisioner" else \
+        client.containers.list(all=True, filters=label)
+    removed = []
+    for item in found:
+        try:
+            item.remove(**({} if kind == "DockerSwarmProvisioner" else {"force": True}))
+            removed.append(item.name)
+        except Exception:  # noqa: BLE001 - gone meanwhile (auto-remove) is the goal
+            pass
+    return removed
 
 
 # -- tenant limits for container kernels ---------------------------------------------------------
