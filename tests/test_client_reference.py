@@ -1,0 +1,150 @@
+"""``jkg.client`` against the servers it must also work with: jupyter-kernel-gateway 3.0.1 and jupyter_server.
+
+jupyter-kernel-gateway runs from the benchmarks' venv (made here when
+missing); plain jupyter_server serves the same kernels API.  The same
+notebook and client scenario as against jkg (:mod:`client_support`).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("nbformat")
+pytest.importorskip("nbclient")
+
+from client_support import (  # noqa: E402
+    REPO,
+    build_notebook,
+    check_executed,
+    execute_notebook,
+    exercise_client,
+    free_port,
+    remote_kernel,
+    run_async,
+)
+from conftest import TOKEN  # noqa: E402
+
+from jkg.client import KernelDied  # noqa: E402
+
+KG_BIN = REPO / "benchmarks" / ".venv-kg" / "bin" / "jupyter-kernelgateway"
+
+
+def install_reference_gateway() -> None:
+    """jupyter-kernel-gateway 3.0.1 in its own venv (the one the benchmarks use), made once."""
+    venv = KG_BIN.parent.parent
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
+        result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                                 "--disable-pip-version-check", "jupyter-kernel-gateway==3.0.1", "ipykernel"],
+                                capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.SubprocessError) as error:
+        pytest.skip(f"could not create a venv for jupyter-kernel-gateway: {error!r}")
+    if result.returncode != 0 or not KG_BIN.exists():
+        pytest.skip(f"could not install jupyter-kernel-gateway 3.0.1 from PyPI: {result.stderr[-500:]}")
+
+
+@pytest.fixture(scope="module")
+def kernel_gateway():
+    """jupyter-kernel-gateway 3.0.1 from the benchmark venv, on a free loopback port."""
+    if not KG_BIN.exists():
+        install_reference_gateway()
+    port = free_port()
+    env = {**os.environ, "KG_LIST_KERNELS": "True"}
+    process = subprocess.Popen(
+        [str(KG_BIN), "--KernelGatewayApp.ip=127.0.0.1", f"--KernelGatewayApp.port={port}",
+         f"--KernelGatewayApp.auth_token={TOKEN}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import requests
+
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"jupyter-kernelgateway exited: {process.stderr.read().decode(errors='replace')}")
+            try:
+                if requests.get(f"{url}/api", headers={"Authorization": f"token {TOKEN}"}, timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("jupyter-kernelgateway did not answer within 60 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def test_nbclient_runs_notebook_through_jupyter_kernel_gateway(kernel_gateway, monkeypatch):
+    monkeypatch.setenv("JKG_GATEWAY_URL", kernel_gateway)
+    monkeypatch.setenv("JKG_GATEWAY_TOKEN", TOKEN)
+    nb = run_async(execute_notebook, build_notebook())
+    check_executed(nb)
+
+
+def test_kernel_deleted_on_jupyter_kernel_gateway_is_kernel_died(kernel_gateway):
+    # jupyter-kernel-gateway keeps the WebSocket open when the kernel is deleted: the
+    # liveness watchdog must notice while the client waits.
+    async def scenario():
+        async with remote_kernel(kernel_gateway, liveness_interval=0.5) as (km, kc):
+            import requests
+
+            loop = asyncio.get_running_loop()
+            response = await loop.run_in_executor(None, lambda: requests.delete(
+                f"{kernel_gateway}/api/kernels/{km.kernel_id}", headers={"Authorization": f"token {TOKEN}"},
+                timeout=30))
+            assert response.status_code == 204
+            with pytest.raises(KernelDied) as info:
+                await kc.get_shell_msg(timeout=30)
+            assert info.value.status == 404 and km.kernel_id in str(info.value)
+
+    run_async(scenario)
+
+
+@pytest.fixture(scope="module")
+def jupyter_server_url(tmp_path_factory):
+    """Plain jupyter_server (not a gateway, but the same kernels API) on a free loopback port."""
+    pytest.importorskip("jupyter_server")
+    import requests
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_server", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+         f"--IdentityProvider.token={TOKEN}", "--ServerApp.open_browser=False", "--allow-root",
+         f"--ServerApp.root_dir={tmp_path_factory.mktemp('jupyter_server')}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, "jupyter_server exited"
+            try:
+                if requests.get(f"{url}/api", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, "jupyter_server did not answer within 60 s"
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@pytest.mark.parametrize("ws_protocol", ["auto", "legacy"])
+def test_client_against_jupyter_server(jupyter_server_url, ws_protocol):
+    run_async(exercise_client, jupyter_server_url, ws_protocol)
