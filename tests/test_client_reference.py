@@ -7,6 +7,7 @@ notebook and client scenario as against jkg (:mod:`client_support`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -48,6 +49,35 @@ def install_reference_gateway() -> None:
         pytest.skip(f"could not install jupyter-kernel-gateway 3.0.1 from PyPI: {result.stderr[-500:]}")
 
 
+@contextlib.contextmanager
+def serving(process: subprocess.Popen, url: str, name: str, headers: dict | None = None):
+    """``url`` once ``process`` answers ``GET /api`` (60 s at most); the process is stopped afterwards."""
+    import requests
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                said = process.stderr.read().decode(errors="replace") if process.stderr else ""
+                pytest.fail(f"{name} exited with status {process.returncode}: {said}")
+            try:
+                if requests.get(f"{url}/api", headers=headers or {}, timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"{name} did not answer within 60 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
 @pytest.fixture(scope="module")
 def kernel_gateway():
     """jupyter-kernel-gateway 3.0.1 from the benchmark venv, on a free loopback port."""
@@ -59,30 +89,9 @@ def kernel_gateway():
         [str(KG_BIN), "--KernelGatewayApp.ip=127.0.0.1", f"--KernelGatewayApp.port={port}",
          f"--KernelGatewayApp.auth_token={TOKEN}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        import requests
-
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"jupyter-kernelgateway exited: {process.stderr.read().decode(errors='replace')}")
-            try:
-                if requests.get(f"{url}/api", headers={"Authorization": f"token {TOKEN}"}, timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("jupyter-kernelgateway did not answer within 60 s")
-            time.sleep(0.2)
+    with serving(process, f"http://127.0.0.1:{port}", "jupyter-kernelgateway",
+                 {"Authorization": f"token {TOKEN}"}) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 def test_nbclient_runs_notebook_through_jupyter_kernel_gateway(kernel_gateway, monkeypatch):
@@ -115,35 +124,14 @@ def test_kernel_deleted_on_jupyter_kernel_gateway_is_kernel_died(kernel_gateway)
 def jupyter_server_url(tmp_path_factory):
     """Plain jupyter_server (not a gateway, but the same kernels API) on a free loopback port."""
     pytest.importorskip("jupyter_server")
-    import requests
-
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "jupyter_server", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
          f"--IdentityProvider.token={TOKEN}", "--ServerApp.open_browser=False", "--allow-root",
          f"--ServerApp.root_dir={tmp_path_factory.mktemp('jupyter_server')}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, "jupyter_server exited"
-            try:
-                if requests.get(f"{url}/api", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "jupyter_server did not answer within 60 s"
-            time.sleep(0.2)
+    with serving(process, f"http://127.0.0.1:{port}", "jupyter_server") as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
 
 @pytest.mark.parametrize("ws_protocol", ["auto", "legacy"])
 def test_client_against_jupyter_server(jupyter_server_url, ws_protocol):
