@@ -66,6 +66,8 @@ def sandbox_in_force(config, policy, sandboxes) -> str:
     else:
         limits = "rlimits only (no cgroups here)"
     user = f", kernels as uid {sandboxes.kernel_user[0]}" if sandboxes.kernel_user else ""
+    if policy.uid_range is not None:
+        user += f" (each tenant's as a uid of its own in {policy.uid_range[0]}-{policy.uid_range[1]})"
     facts = f"bwrap {sandboxes.host.bwrap} ({reason}), network {policy.base.network}{user}; limits by {limits}"
     if config.tenants:
         facts += "; the tenants file's [sandbox] table may change this per tenant and kernelspec"

@@ -60,6 +60,32 @@ def test_auth_mode_names_the_token_file_the_token_was_read_from():
     assert auth_mode(GatewayConfig(auth_token="t0k"), None) == ("token (--auth-token)", False)
 
 
+def test_sandbox_line_names_who_enforces_limits_and_the_uids():
+    from jkg.config import GatewayConfig
+    from jkg.sandbox.host import HostSupport
+    from jkg.sandbox.limits import Cgroups
+    from jkg.sandbox.policy import SandboxPolicy
+    from jkg.sandbox.provisioner import Sandboxes
+    from jkg.sandbox.settings import SandboxProfile
+    from jkg.sandbox.workspace import Workspaces
+    from jkg.startup import sandbox_in_force
+
+    host, workspaces = HostSupport("/usr/bin/bwrap", "/usr/bin/setpriv"), Workspaces("/srv/ws")
+    config = GatewayConfig(sandbox="bwrap", tenants="/etc/jkg/tenants.toml")
+    policy = SandboxPolicy(SandboxProfile(mode="bwrap", network="loopback"), uid_range=(20000, 29999))
+    cgroups = Cgroups(2, {"memory": "/sys/fs/cgroup/jkg-1", "pids": "/sys/fs/cgroup/jkg-1"})
+    assert sandbox_in_force(config, policy, Sandboxes(host, workspaces, "/run/ipc", (65534, 65534), cgroups)) == (
+        "bwrap /usr/bin/bwrap (--sandbox bwrap), network loopback, kernels as uid 65534 (each tenant's as a uid "
+        "of its own in 20000-29999); limits by cgroup v2 (memory, pids) and rlimits; the tenants file's [sandbox] "
+        "table may change this per tenant and kernelspec")
+    plain = SandboxPolicy(SandboxProfile(mode="bwrap"))
+    assert sandbox_in_force(GatewayConfig(sandbox="bwrap"), plain, Sandboxes(host, workspaces, "/run/ipc", None)) == (
+        "bwrap /usr/bin/bwrap (--sandbox bwrap), network full; limits by rlimits only (no cgroups here)")
+    exposed = GatewayConfig(ip="0.0.0.0", auth_token="t")
+    assert sandbox_in_force(exposed, plain, Sandboxes(host, workspaces, "/run/ipc", None)).startswith(
+        "bwrap /usr/bin/bwrap (--sandbox auto: tcp:8888:interface=0.0.0.0 is not a loopback listener)")
+
+
 def test_tenants_mode_is_named_with_its_count(tmp_path):
     path = tmp_path / "tenants.toml"
     path.write_text('[tenants.alice]\ntokens = []\n[tenants.bob]\ntokens = []\n')
