@@ -17,6 +17,13 @@ def test_defaults_are_loopback_8888():
     assert config.list_kernels is True
 
 
+def test_every_config_field_is_an_option_and_every_option_a_field():
+    """The option table (jkg.options) and GatewayConfig (jkg.config) name the same settings, in the same order."""
+    import dataclasses
+
+    assert [field.name for field in dataclasses.fields(GatewayConfig)] == [option.name for option in OPTIONS]
+
+
 def test_kg_environment_variables_are_read():
     config = build_config({}, {"KG_PORT": "9000", "KG_IP": "::1", "KG_MAX_KERNELS": "3",
                                "KG_LIST_KERNELS": "False", "KG_BASE_URL": "gw", "KG_ENV_PROCESS_WHITELIST": "A, B",
