@@ -19,8 +19,9 @@ class IKernelClient(Interface):
     def deliver(message):
         """Send a :class:`jkg.kernels.messages.KernelMessage` to the client.
 
-        The message's ``encoded`` dict caches frames per wire format, so every
-        client sharing a format reuses the same bytes.
+        Every client of a message gets the very same object, one after the
+        other before the next message, so a client may share work per message
+        (the WebSocket frames: :class:`jkg.web.frames.FrameCache`).
         """
 
     def disconnect(code, reason):

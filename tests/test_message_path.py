@@ -18,7 +18,7 @@ from jkg.kernels.channels import KernelChannels
 from jkg.kernels.signer import Signer
 from jkg.kernels.messages import parse_kernel_frames
 from zmtp_support import free_port, recv_zmq, until
-from jkg.web.frames import encode_legacy_frame, encode_v1_frame
+from jkg.web.frames import FrameCache, encode_legacy_frame, encode_v1_frame
 
 try:
     from jupyter_server.services.kernels.connection.base import serialize_msg_to_ws_v1
@@ -159,6 +159,24 @@ def test_forwarded_legacy_json_has_jupyter_servers_content():
     assert sent["channel"] == "iopub" and sent["buffers"] == []
     # the kernel's JSON bytes are spliced in as they are, not re-encoded
     assert frames[5] in body and frames[2] in body
+
+
+def test_a_message_is_encoded_once_per_format_for_all_its_clients():
+    session = Session(key=b"k")
+    first, second = (parse_kernel_frames("iopub", session.serialize(session.msg("stream", {"text": t})))
+                     for t in "ab")
+    calls = []
+
+    def encode(message):
+        calls.append(message)
+        return encode_v1_frame(message)
+
+    cache = FrameCache()
+    frames = [cache.frame(first, "v1", encode) for _ in range(3)]
+    assert frames[0] is frames[1] is frames[2] and calls == [first]  # three clients, one encoding
+    assert cache.frame(first, "legacy", encode_legacy_frame) is not frames[0]  # another format
+    assert cache.frame(second, "v1", encode) is not frames[0] and calls == [first, second]
+    assert not hasattr(first, "encoded")  # the kernel's message carries no web state
 
 
 

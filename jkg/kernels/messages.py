@@ -36,15 +36,13 @@ class KernelMessage:
     ``memoryview``\\ s of ZeroMQ's buffers (never copied on the way through);
     every consumer here accepts either.  ``msg_id``/``msg_type``/``parent_id``
     come from parsing only the two headers, which is all routing needs.
-    ``encoded`` caches the frame built for each WebSocket format, so a message
-    fanned out to many clients is serialized once per format, not once per
-    client.  ``execution_state`` is set for iopub ``status`` messages (their
+    It carries no web state (the WebSocket frames are the web layer's,
+    :class:`jkg.web.frames.FrameCache`).  ``execution_state`` is set for iopub ``status`` messages (their
     content is small and parsed once, for the kernel's state and the rate
     limits).
     """
 
-    __slots__ = ("channel", "signature", "parts", "msg_id", "msg_type", "parent_id", "encoded",
-                 "execution_state")
+    __slots__ = ("channel", "signature", "parts", "msg_id", "msg_type", "parent_id", "execution_state")
 
     def __init__(self, channel: str, signature: bytes, parts: list, msg_id: str, msg_type: str,
                  parent_id: str | None):
@@ -54,7 +52,6 @@ class KernelMessage:
         self.msg_id = msg_id
         self.msg_type = msg_type
         self.parent_id = parent_id
-        self.encoded: dict = {}
         self.execution_state: str | None = None
 
     @property

@@ -32,10 +32,6 @@ class ReplayBuffer:
         return len(self._messages)
 
     def append(self, message: KernelMessage) -> None:
-        # Frames encoded for the clients that already got the message are not
-        # needed any more; keep only the parts, which is what the limit counts.
-        if message.encoded:
-            message.encoded = {}
         size = message.size
         if size > self.limit:
             self.dropped += 1

@@ -6,8 +6,8 @@ id and session id attached.  The protocol converts frames (through
 :mod:`jkg.wire`) and calls the registry.
 
 Kernel to client, the path every output takes, is kept short: a message's
-frame is built once per format and cached on the message
-(:mod:`jkg.web.frames`), and written through the client's outbox
+frame is built once per format for all its clients
+(:class:`jkg.web.frames.FrameCache`), and written through the client's outbox
 (:mod:`jkg.web.outbox`), which bounds what may wait for it: a client that
 stops reading is disconnected with code 4008 and the reason, and the kernel
 keeps its session's output for replay (see
@@ -28,7 +28,7 @@ from .. import metrics, wire
 from ..auth.quota import ConnectionCounter
 from ..errors import BadRequest, GatewayError
 from ..interfaces import IKernelClient
-from .frames import Frame, encode_legacy_frame, encode_v1_frame
+from .frames import Frame, FrameCache, encode_legacy_frame, encode_v1_frame
 from .outbox import Outbox, TCPOutbox
 from .partial import PartialBudget
 from .ratelimit import IOPubRateLimit, warning_message
@@ -104,6 +104,7 @@ class ChannelsProtocol(WebSocketServerProtocol):
         self._outbox: Outbox | None = None  # set when the WebSocket opens
         self._rate_limit: IOPubRateLimit | None = None
         self._abort_call = None
+        self._frames = None  # the factory's FrameCache, once built
 
     def onConnect(self, request):  # noqa: N802 - autobahn API
         self.wire_format = V1 if wire.V1_PROTOCOL in request.protocols else LEGACY
@@ -113,6 +114,7 @@ class ChannelsProtocol(WebSocketServerProtocol):
     def onOpen(self):  # noqa: N802 - autobahn API
         transport = self.transport
         limit = self.factory.client_buffer_limit
+        self._frames = self.factory.frames
         if isinstance(transport, tcp.Connection) and not transport.TLS:
             self._outbox = TCPOutbox(transport, limit, self._drained)
         else:
@@ -247,10 +249,7 @@ class ChannelsProtocol(WebSocketServerProtocol):
                 self._write(self._encode(warning_message(warning, message.parts[1], self.session_id)))
             if not send:
                 return
-        frame = message.encoded.get(self.wire_format)
-        if frame is None:
-            frame = message.encoded[self.wire_format] = self._encode(message)
-        self._write(frame)
+        self._write(self._frames.frame(message, self.wire_format, self._encode))
 
     def _write(self, frame: Frame) -> None:
         """Send ``frame`` now (what the socket does not take waits in the outbox)."""
@@ -365,6 +364,7 @@ class ChannelsFactory(WebSocketServerFactory):
         self.max_buffers = config.max_client_buffers or None  # per message (jkg.wire decoders)
         self.max_decoded_size = config.max_message_size or None
         self.partial = PartialBudget(config.client_partial_limit or None)
+        self.frames = FrameCache()  # one frame per message and format, for all its clients
         self.rate_limits = None
         if config.iopub_msg_rate_limit or config.iopub_data_rate_limit:
             self.rate_limits = (config.iopub_msg_rate_limit, config.iopub_data_rate_limit, config.rate_limit_window)

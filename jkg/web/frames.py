@@ -2,7 +2,7 @@
 
 Server frames are unmasked (RFC 6455 5.1), so the bytes are the same for
 every client: a message fanned out to many clients costs one encoding, not
-one per client (the frame is cached on the message, ``KernelMessage.encoded``).
+one per client (:class:`FrameCache`).
 Small frames are one joined ``bytes``; large ones stay a list of pieces (the
 kernel's parts are never copied into a joined frame unless a client is behind
 and its bytes must wait in Twisted's buffer).
@@ -46,6 +46,34 @@ class Frame:
         return self._joined
 
 
+class FrameCache:
+    """The frames of the message being fanned out, per format: built by its first client of a format.
+
+    A kernel hands one message to all its clients in one go before the next
+    (``ManagedKernel._broadcast``), so remembering only the last message is
+    enough for every client of a format to write the same frame -- and the
+    kernel's message type carries no web state.  It keeps one message alive
+    until the next one (at most one per gateway).  A message delivered again
+    later (from a replay buffer) is simply encoded again.
+    """
+
+    __slots__ = ("_message", "_frames")
+
+    def __init__(self):
+        self._message = None
+        self._frames: dict = {}
+
+    def frame(self, message, wire_format: str, encode) -> Frame:
+        """``message``'s frame for ``wire_format``, made with ``encode(message)`` when not made yet."""
+        if message is not self._message:
+            self._message = message
+            frame = encode(message)
+            self._frames = {wire_format: frame}
+            return frame
+        frame = self._frames.get(wire_format)
+        if frame is None:
+            frame = self._frames[wire_format] = encode(message)
+        return frame
 
 
 def encode_v1_frame(message) -> Frame:
