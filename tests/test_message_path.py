@@ -194,6 +194,7 @@ from jkg.testing import FakeKernel as _FakeKernel  # noqa: E402
 from jkg.testing import FakeRegistry  # noqa: E402
 from jkg import wire  # noqa: E402
 from jkg.web import channels as web_channels  # noqa: E402
+from jkg.web import client_frames  # noqa: E402
 
 
 class _Recording(web_channels.ChannelsProtocol):
@@ -271,7 +272,17 @@ def test_unmask_matches_the_rfc():
     mask = b"\x37\xfa\x21\x3d"
     for size in (0, 1, 3, 4, 5, 4095, 4096, 10_001):
         data = bytes((i * 7) & 0xFF for i in range(size))
-        assert web_channels._unmask(mask, data) == bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        assert client_frames.unmask(mask, data) == bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+def test_the_fast_path_stops_at_the_first_frame_it_does_not_read_itself():
+    text, binary = client_frame(1, b"hello"), client_frame(2, b"\x00\x01")
+    ping = bytes([0x89, 0x80]) + b"abcd"  # a masked, empty ping: autobahn's
+    frames = list(client_frames.whole_data_frames(text + binary + ping + text, 0))
+    assert [(payload, is_binary) for payload, is_binary, _ in frames] == [(b"hello", False), (b"\x00\x01", True)]
+    assert frames[-1][2] == len(text + binary)
+    assert list(client_frames.whole_data_frames(text[:-1], 0)) == []  # incomplete
+    assert list(client_frames.whole_data_frames(text, 4)) == []  # over the limit
 
 
 # ---------------------------------------------------------------- the protocol and its kernel, in memory

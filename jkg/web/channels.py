@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.xormasker import create_xor_masker
 from twisted.internet import tcp
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -28,6 +27,7 @@ from .. import metrics, wire
 from ..auth.quota import ConnectionCounter
 from ..errors import BadRequest, GatewayError
 from ..interfaces import IKernelClient
+from .client_frames import autobahn_between_frames, autobahn_traffic_seen, whole_data_frames
 from .frames import Frame, FrameCache, encode_legacy_frame, encode_v1_frame
 from .outbox import Outbox, TCPOutbox
 from .partial import PartialBudget
@@ -57,15 +57,6 @@ def negotiate_subprotocol(offered: bytes | None) -> str | None:
         return wire.V1_PROTOCOL
     raise BadRequest(f"unsupported WebSocket subprotocol(s): {', '.join(protocols)}; "
                      f"this gateway speaks {wire.V1_PROTOCOL} or the legacy protocol (no subprotocol)")
-
-
-def _unmask(mask: bytes, data: bytes) -> bytes:
-    """A client frame's payload, unmasked (RFC 6455 5.3)."""
-    size = len(data)
-    if size >= 4096:  # autobahn's vectorised masker
-        return create_xor_masker(mask, size).process(data)
-    key = int.from_bytes((mask * ((size >> 2) + 1))[:size], "little")
-    return (int.from_bytes(data, "little") ^ key).to_bytes(size, "little")
 
 
 _ENCODERS = {V1: encode_v1_frame, LEGACY: encode_legacy_frame}
@@ -131,53 +122,22 @@ class ChannelsProtocol(WebSocketServerProtocol):
     def dataReceived(self, data):  # noqa: N802 - Twisted API
         """Whole, unfragmented data frames go straight to :meth:`onMessage`; the rest to autobahn.
 
-        autobahn's general frame machine costs about 13 us per message (and its
-        own ``dataReceived`` formats a debug line with click colours on every
-        read, whether or not debug logging is on).  A client message is almost
-        always one masked, final text or binary frame that arrived whole; such
-        frames -- checked as strictly as autobahn checks them -- are unmasked
-        and handed on here.  Anything else (control frames, fragments, partial
-        frames, sizes over the limits, protocol errors) goes to autobahn, which
-        also keeps handling the connection's life (pings, closing handshake).
+        See :mod:`jkg.web.client_frames` (why, and what counts as such a frame).
         """
-        if self.state != _OPEN or self.data or self.current_frame is not None or self.inside_message:
-            self._dataReceived(data)
+        if self.state != _OPEN or not autobahn_between_frames(self):
+            super().dataReceived(data)
             return
-        size = len(data)
         pos = 0
-        while pos < size and self.state == _OPEN:
-            if size - pos < 6:
-                break
-            first, second = data[pos], data[pos + 1]
-            opcode = first & 0x0F
-            if first & 0xF0 != 0x80 or opcode not in (1, 2) or not second & 0x80:
-                break  # not final, reserved bits, control or continuation frame, or unmasked
-            length = second & 0x7F
-            start = pos + 6
-            if length == 126:
-                start += 2
-                if size < start:
-                    break
-                length = int.from_bytes(data[pos + 2:pos + 4], "big")
-                if length < 126:
-                    break
-            elif length == 127:
-                start += 8
-                if size < start:
-                    break
-                length = int.from_bytes(data[pos + 2:pos + 10], "big")
-                if length < 65536:
-                    break
-            end = start + length
-            if end > size or 0 < self.maxFramePayloadSize < length or 0 < self.maxMessagePayloadSize < length:
-                break
-            payload = _unmask(data[start - 4:start], data[start:end])
+        limit = min(self.maxFramePayloadSize or self.maxMessagePayloadSize, self.maxMessagePayloadSize or
+                    self.maxFramePayloadSize)
+        for payload, binary, end in whole_data_frames(data, limit):
             pos = end
-            if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
-                self._cancelAutoPingTimeoutCall()
-            self.onMessage(payload, opcode == 2)
-        if pos < size and self.state in (_OPEN, WebSocketServerProtocol.STATE_CLOSING):
-            self._dataReceived(data[pos:] if pos else data)
+            autobahn_traffic_seen(self)
+            self.onMessage(payload, binary)
+            if self.state != _OPEN:
+                break
+        if pos < len(data) and self.state in (_OPEN, WebSocketServerProtocol.STATE_CLOSING):
+            super().dataReceived(data[pos:] if pos else data)
 
     def onMessage(self, payload, isBinary):  # noqa: N802,N803 - autobahn API
         """Decode and forward to the kernel; a malformed message closes with 4400.
