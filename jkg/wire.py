@@ -15,7 +15,6 @@ malformed frame, so callers need one ``except`` clause.  Layouts follow jupyter_
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from itertools import accumulate
 from json.encoder import encode_basestring_ascii as _encode_basestring_ascii
@@ -24,12 +23,7 @@ from struct import Struct
 from struct import error as _struct_error
 from typing import Any, NamedTuple, Sequence
 
-import msgspec as _msgspec
-import orjson as _orjson
-
-# msgspec: a strict, exact decoder (ints of any size stay ints) 4x faster than json.
-_fast_loads = _msgspec.json.Decoder().decode
-_FAST_ERRORS: tuple = (_msgspec.DecodeError, _msgspec.ValidationError, ValueError, RecursionError)
+from .strict_json import loads_exact, loads_header as _loads_header, pack_json
 
 __all__ = [
     "V1_PROTOCOL", "CHANNELS", "WireError", "UnknownChannel", "IncomingMessage", "encode_v1", "encode_v1_pieces",
@@ -76,60 +70,6 @@ def _le_u64s(count: int) -> Struct:
 def _be_u32s(count: int) -> Struct:
     """``count`` big-endian uint32s, the legacy binary offset table."""
     return Struct(">%dI" % count)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")  # json.loads accepts NaN/Infinity otherwise
-
-
-def _loads_stdlib(data: str | bytes | memoryview) -> Any:
-    """Exact parse (ints stay ints); strict UTF-8, and NaN/Infinity refused like orjson does."""
-    if not isinstance(data, str):
-        data = str(data, "utf-8")
-    return json.loads(data, parse_constant=_reject_constant)
-
-
-def _pack_stdlib(obj: Any) -> bytes:
-    """Compact UTF-8 JSON: no spaces, non-ASCII kept, NaN/Infinity refused.
-
-    :raises ValueError: NaN/Infinity, or strings that cannot be UTF-8.
-    :raises TypeError: objects JSON cannot represent.
-    """
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
-
-
-# Datetimes and dataclasses go to json (which refuses them): both paths accept the same.
-_ORJSON_OPTIONS = _orjson.OPT_PASSTHROUGH_DATETIME | _orjson.OPT_PASSTHROUGH_DATACLASS
-
-
-def pack_json(obj: Any) -> bytes:
-    """Compact UTF-8 JSON: no spaces, non-ASCII kept, NaN/Infinity refused.
-
-    orjson is tried first; what it refuses (non-str keys, ints beyond 64 bits, lone
-    surrogates) goes to :mod:`json`.  orjson writes NaN/Infinity as ``null``, so output
-    containing ``null`` is redone with :mod:`json`, which refuses them.
-
-    :raises ValueError: NaN/Infinity, or strings that cannot be UTF-8.
-    :raises TypeError: objects JSON cannot represent.
-    """
-    try:
-        out = _orjson.dumps(obj, option=_ORJSON_OPTIONS)
-    except TypeError:
-        out = b"null"
-    return _pack_stdlib(obj) if b"null" in out else out
-
-
-def _loads_header(raw: bytes) -> Any:
-    """orjson as an accelerator only: it turns ints beyond 64 bits into floats and refuses
-    some inputs json reads.  Standard header fields are all strings, which it reads
-    exactly; any other header is re-read with the exact parser."""
-    try:
-        header = _orjson.loads(raw)
-    except ValueError:
-        header = None
-    if type(header) is dict and all(type(v) is str for v in header.values()):
-        return header
-    return _loads_stdlib(raw)
 
 
 def _quote(value: Any) -> bytes:
@@ -314,18 +254,9 @@ def _from_legacy(msg: Any, buffers: list[bytes], max_size: int | None = None) ->
 
 
 def _loads_message(data: str | bytes | memoryview) -> Any:
-    """Full parse: the dicts are re-packed, so the parse must be exact.
-
-    msgspec parses strict JSON exactly, big integers included; whatever
-    it refuses (NaN, lone surrogates, numbers beyond float range, deep nesting) is left to
-    :mod:`json`, so the result -- or the refusal -- is always json's.
-    """
+    """Full, exact parse (the dicts are re-packed); refusals become :class:`WireError`."""
     try:
-        return _fast_loads(data)
-    except _FAST_ERRORS:
-        pass
-    try:
-        return _loads_stdlib(data)
+        return loads_exact(data)
     except UnicodeDecodeError:
         raise WireError("message is not valid UTF-8") from None
     except (ValueError, RecursionError):

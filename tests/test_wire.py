@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jkg import wire
+from jkg import strict_json, wire
 from jkg.wire import (
     CHANNELS,
     V1_PROTOCOL,
@@ -137,7 +137,7 @@ def test_pack_json_is_compact_utf8_and_strict():
 @fast
 def test_pack_json_matches_stdlib_semantics(value):
     packed = pack_json(value)
-    assert json.loads(packed) == value == json.loads(wire._pack_stdlib(value))
+    assert json.loads(packed) == value == json.loads(strict_json.pack_stdlib(value))
     assert packed == pack_json(json.loads(packed))  # stable, so round trips are byte-exact
 
 
@@ -599,21 +599,22 @@ def test_oracle_legacy_incoming_text(channel, h, p, m, c):
 
 def test_stdlib_path_basics():
     """What orjson/msgspec refuse goes to json, which must be compact, strict and exact."""
-    assert wire._pack_stdlib({"a": "é", "b": [None, 1.5]}) == '{"a":"é","b":[null,1.5]}'.encode()
+    assert strict_json.pack_stdlib({"a": "é", "b": [None, 1.5]}) == '{"a":"é","b":[null,1.5]}'.encode()
     with pytest.raises(ValueError):
-        wire._pack_stdlib(math.nan)
+        strict_json.pack_stdlib(math.nan)
     with pytest.raises(ValueError):
-        wire._loads_stdlib(b'{"msg_id":"1","msg_type":"x","v":NaN}')
+        strict_json.loads_stdlib(b'{"msg_id":"1","msg_type":"x","v":NaN}')
     with pytest.raises(ValueError):
-        wire._loads_stdlib(b"\xff")
-    assert wire._loads_stdlib(b'{"big":123456789012345678901234567890}') == {"big": 123456789012345678901234567890}
+        strict_json.loads_stdlib(b"\xff")
+    big = 123456789012345678901234567890
+    assert strict_json.loads_stdlib(b'{"big":123456789012345678901234567890}') == {"big": big}
 
 
 @given(json_objects)
 @fast
 def test_stdlib_path_agrees(obj):
-    assert json.loads(wire._pack_stdlib(obj)) == json.loads(pack_json(obj))
-    assert wire._loads_stdlib(wire._pack_stdlib(obj)) == json.loads(pack_json(obj))
+    assert json.loads(strict_json.pack_stdlib(obj)) == json.loads(pack_json(obj))
+    assert strict_json.loads_stdlib(strict_json.pack_stdlib(obj)) == json.loads(pack_json(obj))
 
 
 @pytest.mark.parametrize("length", [0, 125, 126, 65535, 65536, 3_000_000])
