@@ -291,6 +291,9 @@ class FakeLauncher:
         self.launched.append(launched)
         return d
 
+    def settle(self):
+        return succeed(None)
+
     def close(self):
         self.closed = True
 

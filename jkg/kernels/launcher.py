@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable
 
 from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager, NoSuchKernel
 from jupyter_client.manager import AsyncKernelManager
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -234,6 +234,7 @@ class KernelLauncher:
         self.reactor = reactor
         self.sandboxes = sandboxes
         self._engine_loop: EngineLoop | None = None
+        self._settling: set[asyncio.Future] = set()  # failed container starts being swept (engine loop only)
 
     def _runner_for(self, manager: AsyncKernelManager) -> Runner:
         """The reactor's loop for local kernels; the engine loop for provisioners that may block."""
@@ -249,6 +250,22 @@ class KernelLauncher:
                 from twisted.internet import reactor
             self._engine_loop = EngineLoop(reactor)
         return self._engine_loop.run
+
+    def settle(self) -> Deferred:
+        """Fire once every failed container start has been swept off its engine (the registry waits at stop).
+
+        A failed start is answered at once; its launcher may still be asking the
+        engine for a container, which is then removed (see
+        :func:`jkg.provisioners.engines.remove_engine_leftovers`).
+        """
+        if self._engine_loop is None:
+            return succeed(None)
+
+        async def settled():
+            while self._settling:
+                await asyncio.gather(*list(self._settling), return_exceptions=True)
+
+        return self._engine_loop.run(settled)
 
     def close(self) -> None:
         """Stop the engine loop (after the registry has shut its kernels down)."""
@@ -351,9 +368,12 @@ class KernelLauncher:
             raise UnknownKernelSpec(manager.kernel_name) from None
         except Exception as error:  # noqa: BLE001 - report why, never a traceback
             provisioner = manager.provisioner
-            await _cleanup_quietly(manager)  # waits for a container launcher to exit
-            await _remove_engine_leftovers(provisioner, kernel_id)
+            await _cleanup_quietly(manager)
             engine = engines.read_launch_errors(errors_file)
+            if engines.is_container(spec):  # the answer goes now; the engine is swept once its launcher is done
+                settling = asyncio.ensure_future(_remove_engine_leftovers(provisioner, kernel_id, errors_file))
+                self._settling.add(settling)
+                settling.add_done_callback(self._settling.discard)
             raise KernelLaunchError(f"kernel {manager.kernel_name} failed to start: {error}"
                                     + (f"; engine: {engine}" if engine else "")) from None
 
@@ -374,13 +394,15 @@ async def _reap_remote(provisioner, target) -> None:
         log.warn("could not check kernel {pid} on {host}: {error}", pid=target[1], host=target[0], error=error)
 
 
-async def _remove_engine_leftovers(provisioner, kernel_id: str) -> None:
+async def _remove_engine_leftovers(provisioner, kernel_id: str, errors_file: str | None) -> None:
     try:
         removed = await asyncio.get_running_loop().run_in_executor(
             None, engines.remove_engine_leftovers, provisioner, kernel_id)
     except Exception as error:  # noqa: BLE001 - the engine may be down; say so, the start failed anyway
         log.warn("could not check the engine for kernel {id}'s containers: {error}", id=kernel_id, error=error)
         return
+    finally:
+        engines.read_launch_errors(errors_file)  # what a late launcher wrote: removed with the rest
     if removed:
         log.info("removed {names} left by kernel {id}'s failed start", names=", ".join(removed), id=kernel_id)
 

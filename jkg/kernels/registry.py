@@ -357,5 +357,6 @@ class KernelRegistry(KernelRecords, Service):
             yield DeferredList([self.shutdown(kernel_id) for kernel_id in kernel_ids], consumeErrors=True)
         if self.store is not None:
             yield self.store.stopService()
+        yield self.launcher.settle()
         self.launcher.close()
         yield super().stopService()
