@@ -186,7 +186,8 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     from .kernels.errorlog import ProtocolErrorLog
     from .kernels.zmtp import make_factory
     from .kernels.zmtp_wire import ReadLimits
-    from .kernels.launcher import KernelLauncher, KernelSpecs
+    from .kernels.launcher import KernelLauncher
+    from .kernels.specs import KernelSpecs
     from .kernels.registry import KernelRegistry
     from .kernels.seed import read_seed
     from .kernels.store import open_store

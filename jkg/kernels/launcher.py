@@ -1,7 +1,8 @@
 """Starting, signalling and stopping kernel processes through jupyter_client.
 
 This is the only module that imports jupyter_client's kernel managers, and the
-only place that bridges asyncio coroutines to Deferreds.  Kernels are launched
+only place that bridges asyncio coroutines to Deferreds (kernelspecs are found
+by :mod:`jkg.kernels.specs`).  Kernels are launched
 through jupyter_client's provisioners, so a kernelspec naming any installed
 provisioner works.  Local kernels are managed on the reactor's own loop
 (jupyter_client's async API needs Twisted's asyncio reactor; :func:`as_deferred`
@@ -14,22 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import subprocess
 from typing import Any, Awaitable, Callable
 
-from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager, NoSuchKernel
+from jupyter_client.kernelspec import NoSuchKernel
 from jupyter_client.manager import AsyncKernelManager
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..errors import KernelLaunchError, NotFound, UnknownKernelSpec
+from ..errors import KernelLaunchError, UnknownKernelSpec
 from ..interfaces import ILaunchedKernel
 from ..provisioners import engines
 from .engine_loop import EngineLoop
 from .runtime import GATEWAY_PID_KEY, connection_file_path
+from .specs import KernelSpecs
 from .stderr import StderrTail
 
 log = Logger()
@@ -46,81 +46,6 @@ Runner = Callable[[Callable[[], Awaitable[Any]]], Deferred]
 
 def _on_reactor_loop(make: Callable[[], Awaitable[Any]]) -> Deferred:
     return as_deferred(make())
-
-
-class KernelSpecs:
-    """Kernelspec discovery, done in a thread because it reads the disk."""
-
-    def __init__(self, manager: KernelSpecManager | None = None):
-        self.manager = manager or KernelSpecManager()
-
-    @property
-    def default_name(self) -> str:
-        return NATIVE_KERNEL_NAME
-
-    def describe_all(self) -> Deferred:
-        """Fire with ``{name: (spec_dict, resource_file_names)}`` for every kernelspec."""
-
-        def scan():
-            found = {}
-            for name, entry in self.manager.get_all_specs().items():
-                found[name] = (entry["spec"], _resource_files(entry["resource_dir"]))
-            return found
-
-        return deferToThread(scan)
-
-    def describe(self, name: str) -> Deferred:
-        """Fire with ``(spec_dict, resource_file_names)`` or fail with UnknownKernelSpec."""
-
-        def lookup():
-            spec = self._spec(name)
-            return spec.to_dict(), _resource_files(spec.resource_dir)
-
-        return deferToThread(lookup)
-
-    def get(self, name: str) -> Deferred:
-        """Fire with the spec dict, or fail with UnknownKernelSpec."""
-        return deferToThread(lambda: self._spec(name).to_dict())
-
-    def resource(self, name: str, path: str) -> Deferred:
-        """Fire with the bytes of a file in the spec's resource folder.
-
-        Anything that resolves outside that folder (``..``, absolute paths,
-        symlinks pointing out) is refused as not found.
-        """
-
-        def read():
-            if "\0" in path:  # os.path would raise ValueError: embedded null byte
-                raise NotFound(f"no resource {path!r} for kernel {name}")
-            folder = os.path.realpath(self._spec(name).resource_dir)
-            target = os.path.realpath(os.path.join(folder, path))
-            if os.path.commonpath([folder, target]) != folder or not os.path.isfile(target):
-                raise NotFound(f"no resource {path} for kernel {name}")
-            if os.path.getsize(target) > MAX_RESOURCE_SIZE:
-                raise NotFound(f"resource {path} is too large")
-            with open(target, "rb") as handle:
-                return handle.read()
-
-        return deferToThread(read)
-
-    def _spec(self, name: str):
-        if not _SPEC_NAME.match(name):
-            raise UnknownKernelSpec(name)
-        try:
-            return self.manager.get_kernel_spec(name)
-        except (NoSuchKernel, ValueError, OSError):
-            raise UnknownKernelSpec(name) from None
-
-
-MAX_RESOURCE_SIZE = 4 * 1024 * 1024
-_SPEC_NAME = re.compile(r"[\w.\-]{1,255}\Z")
-
-
-def _resource_files(folder: str) -> list[str]:
-    try:
-        return sorted(entry for entry in os.listdir(folder) if os.path.isfile(os.path.join(folder, entry)))
-    except OSError:
-        return []
 
 
 @implementer(ILaunchedKernel)
