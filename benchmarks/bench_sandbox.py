@@ -11,8 +11,8 @@ is only the client), each measure interleaved across the configurations so that 
 - warm-pool start: the same with ``--prespawn-count 1`` (the pool refilled before each start);
 - execute round trip: ``execute_request`` → ``execute_reply`` and ``idle``, p50 of ``--roundtrips``;
 
-for ``--sandbox none``, ``--sandbox bwrap`` (network ``full``, TCP) and ``--sandbox bwrap
---sandbox-network none`` (ipc), and prints the ratios against ``none`` with the load average.  Targets:
+for ``--sandbox none``, ``--sandbox bwrap`` (network ``full``, TCP), ``--sandbox bwrap
+--sandbox-network loopback`` (ipc) and ``--sandbox-network none`` (ipc and the seccomp filter), and prints the ratios against ``none`` with the load average.  Targets:
 sandboxed cold start ≤ 1.2× unsandboxed, warm start ≤ 30 ms, round trip ≤ 1.05×.  Standalone (only
 requests and websocket-client), 127.0.0.1 only; every process started is stopped.
 """
@@ -40,6 +40,7 @@ PORT_LINE = re.compile(rb"GatewaySite (?:\(TLS\) )?starting on (\d+)")
 CONFIGS = {
     "none": ["--sandbox", "none"],
     "bwrap": ["--sandbox", "bwrap"],
+    "bwrap-lo": ["--sandbox", "bwrap", "--sandbox-network", "loopback"],
     "bwrap-ipc": ["--sandbox", "bwrap", "--sandbox-network", "none"],
 }
 
