@@ -250,14 +250,14 @@ class ChannelsProtocol(WebSocketServerProtocol):
         else:
             super().sendData(data, sync, chopsize)
 
-    def _closeConnection(self, abort=False):  # noqa: N802 - autobahn API
+    def dropConnection(self, abort=False):  # noqa: N802 - autobahn API
+        """The transport closes once the outbox has sent what is queued (the close frame last),
+        unless the peer stops reading: then it is aborted after :data:`SLOW_CLOSE_TIMEOUT` seconds."""
         outbox = self._outbox
-        if not abort and isinstance(outbox, TCPOutbox) and (outbox.queue or outbox.lent):
-            outbox.lose_when_empty = True  # after the close frame, still queued
-            # ... unless the peer stops reading now
+        if (not abort and isinstance(outbox, TCPOutbox) and (outbox.queue or outbox.lent)
+                and self._abort_call is None):
             self._abort_call = self.factory.reactor.callLater(SLOW_CLOSE_TIMEOUT, self._abort)
-        else:
-            super()._closeConnection(abort)
+        super().dropConnection(abort)
 
     def _abort(self) -> None:
         self._abort_call = None

@@ -138,7 +138,6 @@ class TCPOutbox(Outbox):
         self.lent = -1
         # (start, end) of each frame that was queued, as offsets in the stream (``backlog.appended``)
         self._spans: deque = deque()
-        self.lose_when_empty = False
         # twisted.web's HTTPChannel stays registered as the producer after the
         # upgrade (it would stop reading the client while its output backs up).
         if transport.producer is not None:
@@ -290,8 +289,8 @@ class TCPOutbox(Outbox):
                     self.queued -= sent
                     sent = 0
             self._lend()
-        if not self.lent and (self.lose_when_empty or self.transport.disconnecting):
-            # a pull producer keeps a closing transport open: let go of it
+        if not self.lent and self.transport.disconnecting:
+            # all sent, and loseConnection was called: a pull producer would keep it open
             self.transport.unregisterProducer()
             self.transport.loseConnection()
         self._on_drain()
