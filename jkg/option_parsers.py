@@ -116,9 +116,11 @@ def personality(value: str) -> str:
 
 
 def cell_parser(value: str) -> str:
-    if value.strip() not in ("", "kernel_gateway.notebook_http.cell.parser"):
-        raise ValueError(f"{value!r} is not supported; only the default annotation parser "
-                         "(kernel_gateway.notebook_http.cell.parser) is")
+    """The reference's two notebook-http parsers, by its module names ("" is the default)."""
+    if value.strip() not in ("", "kernel_gateway.notebook_http.cell.parser",
+                             "kernel_gateway.notebook_http.swagger.parser"):
+        raise ValueError(f"{value!r} is not supported; use kernel_gateway.notebook_http.cell.parser (the "
+                         "default) or kernel_gateway.notebook_http.swagger.parser")
     return value.strip()
 
 

@@ -111,8 +111,10 @@ OPTIONS: tuple[Option, ...] = (
            "/_api/source.", ("KG_ALLOW_NOTEBOOK_DOWNLOAD",), flag=True),
     Option("static_path", "", text, "notebook-http: serve the files of this folder at /public/ "
            "(without credentials, as the reference does).", ("KG_STATIC_PATH",)),
-    Option("cell_parser", "", cell_parser, "notebook-http: the annotation parser; only the reference's "
-           "default (kernel_gateway.notebook_http.cell.parser) is supported.", ("KG_CELL_PARSER",)),
+    Option("cell_parser", "", cell_parser, "notebook-http: the annotation parser, by the reference's module "
+           "name: kernel_gateway.notebook_http.cell.parser (# GET /path, the default) or "
+           "kernel_gateway.notebook_http.swagger.parser (a Swagger document and # operationId: ID cells).",
+           ("KG_CELL_PARSER",)),
     Option("kernels_api_prefix", "", path_prefix, "notebook-http: also serve the kernels API under this path "
            "prefix, e.g. /kernels (empty: not served).", ("JKG_KERNELS_API_PREFIX",)),
     Option("notebook_max_kernels", "4", non_negative_int, "notebook-http: most kernels per notebook; the "

@@ -9,10 +9,12 @@ multi-cell endpoints, errors, ResponseInfo status and headers, 404 and 405.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,8 +49,8 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout} s")
 
 
-@pytest.fixture(scope="module")
-def reference():
+@contextmanager
+def reference_gateway(notebook: Path, env: dict):
     """jupyter-kernel-gateway 3.0.1 in notebook-http mode (installed into the benchmark venv if missing)."""
     if not KG_BIN.exists():
         from test_client_reference import install_reference_gateway
@@ -57,10 +59,9 @@ def reference():
     port = free_port()
     process = subprocess.Popen(
         [str(KG_BIN), "--KernelGatewayApp.api=kernel_gateway.notebook_http",
-         f"--KernelGatewayApp.seed_uri={NOTEBOOK}", "--KernelGatewayApp.ip=127.0.0.1",
+         f"--KernelGatewayApp.seed_uri={notebook}", "--KernelGatewayApp.ip=127.0.0.1",
          f"--KernelGatewayApp.port={port}", "--KernelGatewayApp.port_retries=0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(HERE),
-        env={**os.environ, "KG_STATIC_PATH": str(PUBLIC)})
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(HERE), env={**os.environ, **env})
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/hello", process)
@@ -74,12 +75,11 @@ def reference():
             process.wait(10)
 
 
-@pytest.fixture(scope="module")
-def jkg():
-    """jkg with the same notebook, configured the reference's way (KG_* environment)."""
+@contextmanager
+def jkg_gateway(notebook: Path, env: dict):
+    """jkg with a notebook, configured the reference's way (KG_* environment)."""
     gateway = GatewayProcess("--state-db", "none", env={
-        "KG_API": "kernel_gateway.notebook_http", "KG_SEED_URI": str(NOTEBOOK),
-        "KG_ALLOW_NOTEBOOK_DOWNLOAD": "True", "KG_STATIC_PATH": str(PUBLIC)}).start()
+        "KG_API": "kernel_gateway.notebook_http", "KG_SEED_URI": str(notebook), **env}).start()
     try:
         wait_http(gateway.url + "/hello", gateway.process)
         yield gateway
@@ -87,6 +87,18 @@ def jkg():
         kernels = children_of(gateway.process.pid)
         gateway.stop()
         assert not [pid for pid in kernels if pid_alive(pid)], "kernels outlived the gateway"
+
+
+@pytest.fixture(scope="module")
+def reference():
+    with reference_gateway(NOTEBOOK, {"KG_STATIC_PATH": str(PUBLIC)}) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def jkg():
+    with jkg_gateway(NOTEBOOK, {"KG_ALLOW_NOTEBOOK_DOWNLOAD": "True", "KG_STATIC_PATH": str(PUBLIC)}) as gateway:
+        yield gateway
 
 
 CASES = [
@@ -179,3 +191,31 @@ def test_static_files_as_the_reference(reference, jkg, path):
     if theirs.status_code == 200:
         assert ours.content == theirs.content == (PUBLIC / "index.html").read_bytes()
         assert ours.headers["Content-Type"].split(";")[0] == theirs.headers["Content-Type"].split(";")[0]
+
+
+SWAGGER_NOTEBOOK = HERE / "notebooks" / "swagger_api.ipynb"
+SWAGGER_CASES = [
+    ("GET", "/hello", {}),
+    ("GET", "/greet/bob", {}),  # the operation's parameter appended to its path
+    ("GET", "/greet", {}),
+    ("GET", "/unused", {}),  # declared, implemented by no cell: not served
+    ("DELETE", "/hello", {}),
+    ("OPTIONS", "/greet/bob", {}),
+]
+
+
+def test_swagger_style_notebook_as_the_reference_serves_it():
+    """KG_CELL_PARSER=...swagger.parser: a Swagger document in a markdown cell, # operationId: cells."""
+    env = {"KG_CELL_PARSER": "kernel_gateway.notebook_http.swagger.parser"}
+    with reference_gateway(SWAGGER_NOTEBOOK, env) as theirs, jkg_gateway(SWAGGER_NOTEBOOK, env) as ours:
+        for method, path, options in SWAGGER_CASES:
+            assert answer(ours.url, method, path, options) == answer(theirs, method, path, options), (method, path)
+        posted = [answer(url, "POST", "/hello", {"json": {"n": 1}}) for url in (ours.url, theirs)]
+        spec = requests.get(ours.url + "/_api/spec/swagger.json", timeout=30).json()
+    # its ResponseInfo cell applies (the reference drops such cells in this style: 200, no header)
+    assert posted[0] == (201, {"content-type": "text/plain", "x-thing": "made"}, b'{"n": 1}\n')
+    assert posted[1][2] == posted[0][2]
+    markdown = "".join(json.loads(SWAGGER_NOTEBOOK.read_text())["cells"][0]["source"])
+    declared = json.loads(markdown.split("```")[1])
+    assert spec["paths"] == declared["paths"]  # the notebook's own document
+    assert spec["info"] == {"version": "1.0.0", "title": "swagger_api"}

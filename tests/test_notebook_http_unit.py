@@ -9,10 +9,17 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from jkg.errors import BadRequest
-from jkg.notebook_http.annotations import AnnotationError, first_param_depth, parse_notebook, path_regex
+from jkg.notebook_http.annotations import (
+    AnnotationError,
+    first_param_depth,
+    parse_notebook,
+    path_regex,
+    swagger_spec,
+)
 from jkg.notebook_http.bundle import assignment, headers_dict, parse_body, query_args, request_bundle
 from jkg.notebook_http.pool import KernelPool, PoolUnavailable
 from jkg.notebook_http.response import CellOutput, ResponseInfoError, apply_response_info, build_response
+from jkg.notebook_http.swagger_cells import parse_swagger_notebook, swagger_from_cell
 
 
 def notebook(*sources, language="python", kernel="python3"):
@@ -65,6 +72,60 @@ def test_bad_annotations_name_the_cell(source, fragment):
 def test_no_endpoints_is_an_error():
     with pytest.raises(AnnotationError, match="no endpoints"):
         parse_notebook(notebook("x = 1"), "api")
+
+
+# -- swagger-style notebooks ---------------------------------------------------------------------
+SWAGGER = {"swagger": "2.0", "info": {"version": "1"}, "paths": {
+    "/hello": {"get": {"operationId": "hello"}, "POST": {"operationId": "post_hello"}},
+    "/greet": {"parameters": [], "get": {"operationId": "greet", "parameters": [{"name": "person", "in": "path"}]}},
+    "/unused": {"get": {"operationId": "unused"}}}}
+
+
+def swagger_notebook(*codes, document=SWAGGER):
+    nb = notebook(*codes)
+    nb["cells"].insert(0, {"cell_type": "markdown", "source": ["# API\n", "```\n", json.dumps(document, indent=1),
+                                                               "\n```\n", "trailing prose"]})
+    return nb
+
+
+def test_swagger_notebook_endpoints_params_responses_and_seeds():
+    api = parse_swagger_notebook(swagger_notebook(
+        "import json", "# operationId: hello\nprint(1)", "#operationId:post_hello\nprint(2)",
+        "# operationId: greet\nprint(3)", "# operationId: hello\nprint(4)",
+        "# ResponseInfo operationId: hello\nprint('{}')"), "nb")
+    assert api.seed_cells == ("import json",)
+    assert [e.path for e in api.endpoints] == ["/hello", "/greet/:person"]
+    hello, greet = api.endpoints
+    assert hello.sources == {"GET": "# operationId: hello\nprint(1)\n# operationId: hello\nprint(4)\n",
+                             "POST": "#operationId:post_hello\nprint(2)\n"}
+    assert hello.responses == {"GET": "# ResponseInfo operationId: hello\nprint('{}')\n"}
+    assert api.route("/greet/bob")[1] == {"person": "bob"} and api.route("/unused") is None
+    spec = swagger_spec(api)
+    assert spec["paths"] == SWAGGER["paths"] and spec["info"] == {"version": "1", "title": "nb"}
+
+
+def test_swagger_document_is_found_as_the_reference_finds_it():
+    assert swagger_from_cell("```\n{\"swagger\": \"2.0\",\n\"paths\": {}}\n```") == {"swagger": "2.0", "paths": {}}
+    assert swagger_from_cell('{"swagger": "2.0"}') == {"swagger": "2.0"}  # short cells: no fence needed
+    assert swagger_from_cell("```\n{\"openapi\": \"3\"}\n```") is None
+    assert swagger_from_cell("```\nnot json\n```") is None
+
+
+@pytest.mark.parametrize("codes,document,fragment", [
+    (("# operationId: nope\nprint(1)",), SWAGGER, "code cell 1: operationId 'nope' is not declared"),
+    (("# operationId: hello\nprint(1)", "# ResponseInfo operationId: greet\nprint(2)"), SWAGGER,
+     "code cell 2: ResponseInfo for operation 'greet', which no cell defines"),
+    (("# operationId: p\nprint(1)",), {"swagger": "2.0", "paths": {"/p": {"patch": {"operationId": "p"}}}},
+     "code cell 1: operation 'p' is PATCH"),
+    (("x = 1",), SWAGGER, "no endpoints were discovered"),
+    (("# operationId: hello\nprint(1)",), None, "no Swagger document found"),
+    (("# operationId: hello\nprint(1)",), {"swagger": "2.0"}, "declares no paths"),
+])
+def test_bad_swagger_notebooks_are_refused_in_one_line(codes, document, fragment):
+    nb = swagger_notebook(*codes, document=document) if document else notebook(*codes)
+    with pytest.raises(AnnotationError) as raised:
+        parse_swagger_notebook(nb, "api")
+    assert fragment in str(raised.value) and "\n" not in str(raised.value)
 
 
 # -- REQUEST -------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ class NotebookAPI:
     seed_cells: tuple[str, ...]
     source: bytes = b""  # the notebook file, for /_api/source
     spec_order: tuple[str, ...] = ()  # paths in notebook order, as the reference's swagger lists them
+    swagger: dict | None = None  # the notebook's own Swagger document (swagger-style notebooks)
 
     def route(self, path: str) -> tuple[Endpoint, dict] | None:
         """The first endpoint whose pattern matches the (still percent-encoded) path, with its raw params."""
@@ -97,7 +98,7 @@ def _cell_sources(notebook) -> list[str]:
     return sources
 
 
-def _metadata(notebook: dict, key: str, name_key: str) -> str:
+def notebook_metadata(notebook: dict, key: str, name_key: str) -> str:
     value = (notebook.get("metadata") or {}).get(key) or {}
     found = value.get(name_key) if isinstance(value, dict) else None
     return found if isinstance(found, str) else ""
@@ -114,7 +115,7 @@ class _Patterns:
                                     re.IGNORECASE)
 
 
-def _check_path(path: str, where: str) -> re.Pattern:
+def check_path(path: str, where: str) -> re.Pattern:
     names = []
     for _, name in _PARAM.findall(path):
         if not _IDENTIFIER.match(name):
@@ -134,8 +135,8 @@ def parse_notebook(notebook, title: str, force_kernel_name: str = "", source: by
     :param title: the notebook's name, for messages and the swagger title.
     :raises AnnotationError: naming the notebook and the cell (1-based, code cells and others counted).
     """
-    language = _metadata(notebook, "language_info", "name")
-    kernel_name = force_kernel_name or _metadata(notebook, "kernelspec", "name")
+    language = notebook_metadata(notebook, "language_info", "name")
+    kernel_name = force_kernel_name or notebook_metadata(notebook, "kernelspec", "name")
     patterns = _Patterns(comment_prefix(language))
     endpoints: dict[str, dict[str, str]] = {}
     responses: dict[str, dict[str, str]] = {}
@@ -154,7 +155,7 @@ def parse_notebook(notebook, title: str, force_kernel_name: str = "", source: by
             seeds.append(code)
             continue
         verb, path = found.group(1), found.group(2).strip()
-        _check_path(path, where)
+        check_path(path, where)
         table = responses if response else endpoints
         table.setdefault(path, {}).setdefault(verb, "")
         table[path][verb] += code + "\n"
@@ -171,12 +172,15 @@ def parse_notebook(notebook, title: str, force_kernel_name: str = "", source: by
     return NotebookAPI(
         title=title, kernel_name=kernel_name, language=language, seed_cells=tuple(seeds), source=source,
         spec_order=tuple(endpoints),
-        endpoints=tuple(Endpoint(path, _check_path(path, title), endpoints[path], responses.get(path, {}))
+        endpoints=tuple(Endpoint(path, check_path(path, title), endpoints[path], responses.get(path, {}))
                         for path in ordered))
 
 
 def swagger_spec(api: NotebookAPI) -> dict:
-    """The reference's Swagger 2.0 document: paths in ``:name`` form, every verb "200 Success"."""
+    """The reference's Swagger 2.0 document: the notebook's own if it declares one (swagger-style
+    notebooks), else paths in ``:name`` form with every verb "200 Success"."""
+    if api.swagger is not None:
+        return api.swagger
     paths: dict = {}
     by_path = {endpoint.path: endpoint for endpoint in api.endpoints}
     for endpoint in (by_path[path] for path in api.spec_order or by_path):

@@ -76,7 +76,8 @@ def make_notebook_http(config, registry, portal, limiter, cors, reactor, kernels
             return {"": path}
 
     notebooks = NotebookSet(make_app, sources, reactor, config.notebook_reload_interval,
-                            config.force_kernel_name, threadpool=reactor.getThreadPool(), reactor=reactor)
+                            config.force_kernel_name, threadpool=reactor.getThreadPool(), reactor=reactor,
+                            cell_parser=config.cell_parser)
     leaf = NotebookResource(notebooks.current, portal, limiter, cors, config.base_url, config.static_path,
                             config.allow_notebook_download,
                             None if config.has_credentials else config.allowed_hosts)

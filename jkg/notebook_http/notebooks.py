@@ -22,6 +22,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from .annotations import AnnotationError, NotebookAPI, parse_notebook
+from .swagger_cells import SWAGGER_PARSER, parse_swagger_notebook
 
 log = Logger()
 
@@ -31,8 +32,8 @@ STOP_GRACE = 5.0
 TRIM_INTERVAL = 10.0
 
 
-def read_notebook(path: str, force_kernel_name: str = "") -> NotebookAPI:
-    """Parse one notebook file (blocking).
+def read_notebook(path: str, force_kernel_name: str = "", cell_parser: str = "") -> NotebookAPI:
+    """Parse one notebook file (blocking) with ``cell_parser`` (the reference's module name; "" = default).
 
     :raises AnnotationError: a bad annotation or an unreadable file, in one line.
     """
@@ -49,7 +50,8 @@ def read_notebook(path: str, force_kernel_name: str = "") -> NotebookAPI:
         notebook = json.loads(data)
     except ValueError as error:
         raise AnnotationError(f"notebook {path} is not JSON: {error}") from None
-    return parse_notebook(notebook, title, force_kernel_name, source=data)
+    parse = parse_swagger_notebook if cell_parser == SWAGGER_PARSER else parse_notebook
+    return parse(notebook, title, force_kernel_name, source=data)
 
 
 def declared_kernelspecs(seed_uri: str, folder: str) -> list[tuple[str, str]]:
@@ -115,13 +117,14 @@ class NotebookSet(Service):
     name = "notebooks"
 
     def __init__(self, make_app, sources: Callable[[], dict[str, str]], clock, reload_interval: float = 2.0,
-                 force_kernel_name: str = "", threadpool=None, reactor=None):
+                 force_kernel_name: str = "", threadpool=None, reactor=None, cell_parser: str = ""):
         self._make_app = make_app
         self._sources = sources
         self._clock = clock
         self._reactor = reactor or clock
         self._threadpool = threadpool
         self._force = force_kernel_name
+        self._parser = cell_parser
         self.reload_interval = reload_interval
         self.apps: dict[str, object] = {}
         self._stamps: dict[str, tuple] = {}
@@ -135,7 +138,7 @@ class NotebookSet(Service):
     def _load_all(self) -> None:
         """Startup: every notebook must parse, or the gateway does not start."""
         for prefix, (path, stamp) in scan(self._sources).items():
-            self.apps[prefix] = self._make_app(read_notebook(path, self._force), prefix)
+            self.apps[prefix] = self._make_app(read_notebook(path, self._force, self._parser), prefix)
             self._stamps[prefix] = (path, stamp)
         if not self.apps:
             raise AnnotationError("no notebook to serve: the notebook folder has no .ipynb file")
@@ -166,7 +169,7 @@ class NotebookSet(Service):
                 continue
             self._stamps[prefix] = (path, stamp)
             try:
-                api = yield self._blocking(read_notebook, path, self._force)
+                api = yield self._blocking(read_notebook, path, self._force, self._parser)
             except AnnotationError as error:
                 log.error("notebook-http: not reloading {path}: {error}", path=path, error=error)
                 continue
