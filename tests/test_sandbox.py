@@ -286,6 +286,9 @@ def test_no_network_kernel_has_no_inet_socket_but_works_through_jkg(gateway, ker
     out = bob.run(kernels["bob"], "import subprocess, sys\n" + f"print(subprocess.run([sys.executable, '-c', "
                   f"{textwrap.dedent(NO_INET).format(port=gateway.port)!r}], capture_output=True, text=True).stdout)")
     assert "AF_INET EAFNOSUPPORT" in out and "unix ok 42" in out  # restarted, and its children, still filtered
+    fds = f"/proc/{gateway.process.pid}/fd"
+    held = [os.readlink(f"{fds}/{fd}") for fd in os.listdir(fds) if os.path.islink(f"{fds}/{fd}")]
+    assert not [target for target in held if "jkg-seccomp" in target]  # each launch's program fd was closed
 
 
 def test_loopback_kernel_has_its_own_loopback_but_not_the_hosts(gateway, kernels):
@@ -346,7 +349,9 @@ def test_no_network_filter_kills_sockets_made_through_another_syscall_table(bwra
             results[filtered] = subprocess.run(command, pass_fds=(fd,), capture_output=True, text=True, timeout=60)
         finally:
             os.close(fd)
-    assert results[False].returncode == 0 and "returned" in results[False].stdout  # the call itself works
+    if results[False].returncode != 0:  # e.g. a kernel booted with ia32_emulation=0: no such table to guard
+        pytest.skip(f"the {table} syscall table is unusable here even without the filter: {results[False]}")
+    assert "returned" in results[False].stdout  # the call itself works unfiltered
     assert results[True].returncode in (128 + signal.SIGSYS, -signal.SIGSYS), results[True]
     assert "returned" not in results[True].stdout
 
