@@ -244,3 +244,19 @@ def test_policy_gives_each_tenant_its_range_uid_unless_its_table_sets_one():
         from jkg.sandbox.policy import kernel_uid_range
 
         kernel_uid_range(GatewayConfig(kernel_uid_range="300000-300999"), euid=1000)
+
+
+def test_network_none_is_refused_before_anything_is_made_where_no_filter_is_known(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from jkg.sandbox.provisioner import Sandboxes
+    from jkg.sandbox.workspace import SandboxError, Workspaces
+
+    monkeypatch.setattr("jkg.sandbox.seccomp.platform.machine", lambda: "riscv64")
+    sandboxes = Sandboxes(HostSupport("/usr/bin/bwrap", "/usr/bin/setpriv"), Workspaces(str(tmp_path / "ws")),
+                          str(tmp_path / "ipc"), (65534, 65534))
+    manager = SimpleNamespace(kernel_spec=SimpleNamespace(metadata={}, interrupt_mode="signal"), provisioner=None)
+    with pytest.raises(SandboxError, match="riscv64.*use network 'loopback'"):
+        sandboxes.install(manager, "k1", SandboxProfile(mode="bwrap", network="none"))
+    assert manager.provisioner is None and manager.kernel_spec.interrupt_mode == "signal"
+    assert not list(tmp_path.iterdir())
