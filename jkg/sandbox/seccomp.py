@@ -115,6 +115,8 @@ def network_filter(machine: str) -> bytes:
     if arch is None:
         raise SeccompUnavailable(f"network 'none' needs a seccomp filter, and jkg has none for {machine} "
                                  f"(known: {', '.join(sorted(ARCHITECTURES))}); use network 'loopback'")
+    if arch.little_endian != (sys.byteorder == "little"):  # seccomp_data is in the machine's own byte order
+        raise SeccompUnavailable(f"the {machine} filter is for the other byte order")
     # args[0] is a 64-bit slot; socket's domain is an int, so the kernel reads only its low 32 bits
     domain = OFFSET_ARGS + (0 if arch.little_endian else 4)
     program = [
@@ -146,8 +148,6 @@ def network_filter(machine: str) -> bytes:
         ("label", "allow"),
         (RET_K, RET_ALLOW, None, None),
     ]
-    if arch.little_endian != (sys.byteorder == "little"):
-        raise SeccompUnavailable(f"{machine} filter assumes the other byte order")
     return _assemble(program)
 
 
