@@ -20,7 +20,10 @@ clients; jkg's p99 <= 2x its p50 at 1 client.  Numbers on a shared 2-core
 machine are noisy: targets run round-robin in the same run, the load average
 is printed with every round, and the ratios are what to quote.
 
-    python benchmarks/bench_notebook_http.py --seconds 5 --rounds 2
+With ``--interleave SECONDS`` the 1-client level is measured with the targets
+and ``direct`` taking turns of that length, so that all see the same load.
+
+    python benchmarks/bench_notebook_http.py --seconds 12 --rounds 2 --interleave 0.25
 """
 from __future__ import annotations
 
@@ -108,14 +111,18 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def summary(latencies: list[float], elapsed: float, errors: int, cpu_seconds: float) -> dict:
+    count = len(latencies)
+    return {"rps": count / elapsed, "p50": percentile(latencies, 0.5) * 1000, "p99": percentile(latencies, 0.99) * 1000,
+            "errors": errors, "cpu_us": cpu_seconds / max(1, count) * 1e6, "n": count, "raw": latencies}
+
+
 def measure(target, clients: int, seconds: float) -> dict:
     with _proc.CpuWindow(target.pid) as cpu:
         started = time.perf_counter()
         latencies, errors = asyncio.run(load(target.port, "/hello", clients, seconds))
         elapsed = time.perf_counter() - started
-    count = len(latencies)
-    return {"rps": count / elapsed, "p50": percentile(latencies, 0.5) * 1000, "p99": percentile(latencies, 0.99) * 1000,
-            "errors": errors, "cpu_us": (cpu.seconds or 0) / max(1, count) * 1e6, "n": count, "raw": latencies}
+    return summary(latencies, elapsed, errors, cpu.seconds or 0)
 
 
 DIRECT_CODE = 'REQUEST = "{\\"body\\": \\"\\", \\"args\\": {}, \\"path\\": {}, \\"headers\\": {}}"\nprint("hello world")'
@@ -147,9 +154,56 @@ def measure_direct(direct, seconds: float) -> dict:
         elapsed = time.perf_counter() - started
     finally:
         direct.delete_kernel(kernel)
-    return {"rps": len(latencies) / elapsed, "p50": percentile(latencies, 0.5) * 1000,
-            "p99": percentile(latencies, 0.99) * 1000, "errors": 0, "cpu_us": 0.0, "n": len(latencies),
-            "raw": latencies}
+    return summary(latencies, elapsed, 0, 0.0)
+
+
+def measure_interleaved(targets, direct, seconds: float, turn: float) -> dict:
+    """1 client: every target and ``direct`` take turns of ``turn`` seconds, ``seconds`` each in all.
+
+    Sequential windows of several seconds see different loads on a shared
+    machine; turns of a fraction of a second see the same one, so the
+    tails compare.
+    """
+    kernel = direct.new_kernel()
+
+    async def loop():
+        connections = {target.name: await Connection.open(target.port, "/hello") for target in targets}
+        client = await direct.connect(kernel, "v1")
+
+        async def direct_call() -> int:
+            await _client.run(client, DIRECT_CODE)
+            return 200
+
+        calls = {name: connection.get for name, connection in connections.items()}
+        calls["direct"] = direct_call
+        pids = {target.name: target.pid for target in targets}
+        latencies = {name: [] for name in calls}
+        busy, cpu, errors = dict.fromkeys(calls, 0.0), dict.fromkeys(calls, 0.0), dict.fromkeys(calls, 0)
+        try:
+            await _client.wait_ready(client)
+            for _ in range(30):
+                await _client.run(client, DIRECT_CODE)
+            for _ in range(max(1, round(seconds / turn))):
+                for name, call in calls.items():
+                    with _proc.CpuWindow(pids.get(name)) as window:
+                        started = turn_started = time.perf_counter()
+                        while started - turn_started < turn:
+                            status = await call()
+                            latencies[name].append(time.perf_counter() - started)
+                            errors[name] += status != 200
+                            started = time.perf_counter()
+                        busy[name] += started - turn_started
+                    cpu[name] += window.seconds or 0
+        finally:
+            for connection in connections.values():
+                connection.close()
+            await client.close()
+        return {name: summary(latencies[name], busy[name], errors[name], cpu[name]) for name in calls}
+
+    try:
+        return asyncio.run(loop())
+    finally:
+        direct.delete_kernel(kernel)
 
 
 def make_targets(args, logdir: Path, notebook: Path) -> list:
@@ -186,6 +240,8 @@ def main() -> int:
     parser.add_argument("--kg-prespawn", default="", help="also run kg with these prespawn counts, e.g. 4")
     parser.add_argument("--jkg", action="append", default=[], metavar="NAME=TREE[;ENV=VALUE...]",
                         help="another jkg to compare, started from source tree TREE (repeatable)")
+    parser.add_argument("--interleave", type=float, default=0, metavar="SECONDS",
+                        help="at 1 client, targets and direct take turns of SECONDS each (same load for all)")
     parser.add_argument("--dump", metavar="FILE", help="write every latency (ms) per target, level, round as JSON")
     args = parser.parse_args()
     args.kg_prespawn = [int(n) for n in args.kg_prespawn.split(",") if n.strip()]
@@ -204,6 +260,10 @@ def main() -> int:
         results: dict = {}
         for round_number in range(1, args.rounds + 1):
             for clients in levels:
+                if clients == 1 and args.interleave:
+                    for name, result in measure_interleaved(targets, direct, args.seconds, args.interleave).items():
+                        results.setdefault((name, 1), []).append(result)
+                    continue
                 for target in targets:
                     results.setdefault((target.name, clients), []).append(measure(target, clients, args.seconds))
                 if clients == 1:
