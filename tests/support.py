@@ -63,6 +63,15 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+# Settings an in-process gateway (test_embedding) puts into the test process's environment for
+# gateway_provisioners: a gateway started later must get only the ones its own test passes.
+ENGINE_SETTINGS = ("GP_", "DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
+
+
+def inherited_environment() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items() if not name.startswith(ENGINE_SETTINGS)}
+
+
 class GatewayProcess:
     """``twistd -n jkg`` on an ephemeral loopback port.
 
@@ -73,7 +82,7 @@ class GatewayProcess:
     def __init__(self, *args: str, env: dict | None = None, token: str = ""):
         self.args = list(args)
         self.token = token
-        self.env = dict(os.environ)
+        self.env = inherited_environment()
         self.env.update(env or {})
         # each gateway gets its own runtime directory (hence its own state database), removed in stop()
         self._own_runtime_dir = "JUPYTER_RUNTIME_DIR" not in (env or {})

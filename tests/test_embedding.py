@@ -5,8 +5,10 @@ the gateway's resource is mounted under /jupyter/ beside the app's own page,
 and its service is added to the app's service tree.
 """
 import json
+import os
 import socket
 
+import pytest
 import pytest_twisted
 import treq
 import websocket
@@ -44,6 +46,15 @@ def run_code(url: str, code: str) -> str:
         ws.close()
 
 
+@pytest.fixture(autouse=True)
+def environment_restored():
+    """An embedded gateway sets gateway_provisioners' GP_* variables in this process: undo it for later tests."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest_twisted.ensureDeferred
 async def test_mount_the_resource_in_an_existing_site():
     gateway = make_gateway(GatewayConfig(base_url="/jupyter/"), reactor)
@@ -63,7 +74,7 @@ async def test_mount_the_resource_in_an_existing_site():
         out = await deferToThread(
             run_code, f"ws://127.0.0.1:{port.getHost().port}/jupyter/api/kernels/{kernel['id']}/channels", "print(7*6)")
         assert out == "42\n"
-        pids = children_of(__import__("os").getpid())
+        pids = children_of(os.getpid())
         assert pids
     finally:
         await port.stopListening()
@@ -87,7 +98,7 @@ async def test_add_the_service_to_an_existing_application():
         assert "python3" in (await response.json())["kernelspecs"]
         started = await treq.post(f"http://127.0.0.1:{free_port}/api/kernels", json={})
         assert started.code == 201
-        pids = children_of(__import__("os").getpid())
+        pids = children_of(os.getpid())
     finally:
         await application.stopService()
     assert pids and not [pid for pid in pids if pid_alive(pid)]
