@@ -209,24 +209,15 @@ class ChannelsProtocol(WebSocketServerProtocol):
                 self._write(self._encode(warning_message(warning, message.parts[1], self.session_id)))
             if not send:
                 return
-        self._write(self._frames.frame(message, self.wire_format, self._encode))
+        refused = self._outbox.send(self._frames.frame(message, self.wire_format, self._encode))
+        if refused is not None:
+            self._too_slow(self._outbox.backlog.limit, refused)
 
     def _write(self, frame: Frame) -> None:
-        """Send ``frame`` now (what the socket does not take waits in the outbox)."""
-        if self._has_room():
-            self._send((frame,))
-
-    def _has_room(self) -> bool:
-        """Whether more may be written; if not, the client is disconnected as too slow."""
-        outbox = self._outbox
-        refused = outbox.refuse()
-        if refused is None:
-            return True
-        self._too_slow(outbox.backlog.limit, refused)
-        return False
-
-    def _send(self, frames) -> None:
-        self._outbox.write(frames)
+        """Send ``frame`` now (what the socket does not take waits in the outbox), or drop a too slow client."""
+        refused = self._outbox.send(frame)
+        if refused is not None:
+            self._too_slow(self._outbox.backlog.limit, refused)
 
     def outgoing(self) -> tuple[int, int]:
         """``(bytes waiting to be sent, bytes the socket has taken so far)``, for flow control."""

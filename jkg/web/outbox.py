@@ -100,13 +100,13 @@ class Outbox:
         waiting = _bytes_in_twisted_buffer(self.transport)
         return self.backlog.check(waiting) if waiting is not None else None
 
-    def write(self, frames) -> None:
-        if len(frames) == 1:
-            self.backlog.appended += frames[0].size
-            self.transport.write(frames[0].joined())
-        else:
-            self.backlog.appended += sum(frame.size for frame in frames)
-            self.transport.writeSequence([frame.joined() for frame in frames])
+    def send(self, frame) -> str | None:
+        """Write ``frame`` unless the client is too slow: then why not (and nothing is written)."""
+        refused = self.refuse()
+        if refused is None:
+            self.backlog.appended += frame.size
+            self.transport.write(frame.joined())
+        return refused
 
 
 @implementer(IPullProducer)
@@ -156,20 +156,31 @@ class TCPOutbox(Outbox):
             return None
         return self.backlog.check(self.waiting())
 
-    def write(self, frames) -> None:
-        if len(frames) == 1:
-            pieces, size = frames[0].pieces, frames[0].size
-        else:
-            pieces = [piece for frame in frames for piece in frame.pieces]
-            size = sum(frame.size for frame in frames)
-        start = self.backlog.appended
-        self.backlog.appended += size
-        if self._write(pieces, size) and len(frames) > 1:
-            spans = self._spans
-            spans.pop()
-            for frame in frames:
-                spans.append((start, start + frame.size))
-                start += frame.size
+    def send(self, frame) -> str | None:
+        """:meth:`Outbox.send` in one call (the path of every message to every client)."""
+        backlog = self.backlog
+        size = frame.size
+        start = backlog.appended
+        if self.queue or self.lent:
+            refused = backlog.check(self.queued + abs(self.lent))
+            if refused is not None:
+                return refused
+            backlog.appended = start + size
+            self.queue.extend(frame.pieces)
+            self.queued += size
+            self._spans.append((start, start + size))
+            return None
+        backlog.appended = start + size
+        pieces = frame.pieces
+        try:
+            sent = self._socket.send(pieces[0]) if len(pieces) == 1 else self._socket.sendmsg(pieces[:MAX_PIECES])
+        except OSError:  # full (EAGAIN), or broken: the transport's own write finds out
+            sent = 0
+        if sent < size:
+            self._keep(pieces, sent)
+            self._spans.append((start, start + size))
+            self._lend()
+        return None
 
     def write_data(self, data: bytes) -> None:
         """Bytes from autobahn (control frames), in order with the frames."""
