@@ -352,3 +352,61 @@ def test_malformed_frames_close_with_4400(frame, binary):
     protocol.dataReceived(client_frame(2 if binary else 1, frame))
     assert transport.value()[:1] == b"\x88" and int.from_bytes(transport.value()[2:4], "big") == 4400
     assert kernel.sent == []
+
+
+# ---------------------------------------------------------------- the TCP outbox on a real connection
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_tcp_outbox_hears_from_the_transport_when_its_backlog_is_sent():
+    """What the socket does not take waits; the transport (through the public producer API) says when
+    each slice went out, the outbox sends on and reports it -- nothing polls -- and every byte arrives
+    in order."""
+    import socket
+
+    from twisted.internet.protocol import Factory, Protocol
+
+    from jkg.web.frames import Frame
+    from jkg.web.outbox import TCPOutbox
+
+    accepted = []
+
+    class Server(Protocol):
+        def connectionMade(self):  # noqa: N802 - Twisted API
+            accepted.append(self.transport)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Server), interface="127.0.0.1")
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        await until(lambda: accepted, "the connection")
+        transport = accepted[0]
+        drained = []
+        outbox = TCPOutbox(transport, 0, lambda: drained.append(outbox.waiting()))
+        await until(lambda: outbox.lent == 0, "the transport's first word")
+        frames = [Frame([bytes([n]) * 1_000_000], True) for n in range(8)]
+        for frame in frames:
+            assert outbox.send(frame) is None
+        total = sum(frame.size for frame in frames)
+        assert outbox.waiting() > 0 and outbox.backlog.appended == total  # the client has not read yet
+        reports = len(drained)
+        client.setblocking(False)
+        received = bytearray()
+
+        def read():
+            try:
+                while len(received) < total:
+                    chunk = client.recv(1 << 20)
+                    if not chunk:
+                        break
+                    received.extend(chunk)
+            except BlockingIOError:
+                pass
+            return len(received) == total
+
+        await until(read, "every byte")
+        assert received == b"".join(b"".join(bytes(p) for p in frame.pieces) for frame in frames)
+        await until(lambda: outbox.waiting() == 0, "the outbox to hear that all was sent")
+        assert len(drained) > reports and drained[-1] == 0
+    finally:
+        client.close()
+        await port.stopListening()
