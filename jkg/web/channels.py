@@ -27,7 +27,8 @@ from .. import metrics, wire
 from ..auth.quota import ConnectionCounter
 from ..errors import BadRequest, GatewayError
 from ..interfaces import IKernelClient
-from .client_frames import autobahn_between_frames, autobahn_traffic_seen, whole_data_frames
+from .client_frames import (autobahn_between_frames, autobahn_refuse_message, autobahn_traffic_seen,
+                            whole_data_frames)
 from .frames import Frame, FrameCache, encode_legacy_frame, encode_v1_frame
 from .outbox import Outbox, TCPOutbox
 from .partial import PartialBudget
@@ -167,9 +168,8 @@ class ChannelsProtocol(WebSocketServerProtocol):
         """A large frame must fit in the gateway's :class:`PartialBudget` before its bytes are kept."""
         super().onMessageFrameBegin(length)
         if length >= PartialBudget.SMALL and not self.failedByMe and not self.factory.partial.take(self, length):
-            self._max_message_size_exceeded(length, self.factory.partial.limit - self.factory.partial.held,
-                                            "the gateway holds too many partly received messages "
-                                            "(--client-partial-limit)")
+            autobahn_refuse_message(self, length, self.factory.partial.limit - self.factory.partial.held,
+                                    "the gateway holds too many partly received messages (--client-partial-limit)")
 
     def onMessageEnd(self):  # noqa: N802 - autobahn API
         super().onMessageEnd()

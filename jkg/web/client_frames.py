@@ -10,9 +10,10 @@ anything else (control frames, fragments, partial frames, sizes over the
 limits, protocol errors) goes to autobahn, which also keeps handling the
 connection's life (pings, the closing handshake).
 
-:func:`whole_data_frames` is pure.  The two ``autobahn_*`` functions are the
-only places that touch autobahn's internal state: autobahn has no public way
-to ask "between frames?" nor to say "traffic seen" from outside its reader.
+:func:`whole_data_frames` is pure.  The ``autobahn_*`` functions are the only
+places in jkg that touch autobahn's internal state: autobahn has no public way
+to ask "between frames?", to say "traffic seen" from outside its reader, nor
+to refuse a message whose frame has begun.
 """
 from __future__ import annotations
 
@@ -81,3 +82,9 @@ def autobahn_traffic_seen(protocol) -> None:
     """What autobahn's reader does on any incoming traffic: restart the auto-ping timeout, if so configured."""
     if protocol.autoPingTimeoutCall and protocol.autoPingRestartOnAnyTraffic:
         protocol._cancelAutoPingTimeoutCall()
+
+
+def autobahn_refuse_message(protocol, length: int, allowed: int, reason: str) -> None:
+    """Fail the connection with 1009 (message too big) from ``onMessageFrameBegin``, as autobahn does for
+    its own size limit: its reader stops keeping the frame's bytes (``sendClose`` would not stop it)."""
+    protocol._max_message_size_exceeded(length, allowed, reason)
