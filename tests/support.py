@@ -178,10 +178,10 @@ class KernelClient:
     """A Jupyter kernel WebSocket client (legacy JSON or v1 binary framing)."""
 
     def __init__(self, gateway: GatewayProcess, kernel_id: str, session_id: str | None = None, v1: bool = False,
-                 token_in_query: bool = False, timeout: float = 30.0):
+                 token_in_query: bool = False, timeout: float = 30.0, ws_url: str | None = None, sslopt=None):
         self.session_id = session_id or uuid.uuid4().hex
         self.v1 = v1
-        url = f"{gateway.ws_url}/api/kernels/{kernel_id}/channels?session_id={self.session_id}"
+        url = f"{ws_url or gateway.ws_url}/api/kernels/{kernel_id}/channels?session_id={self.session_id}"
         headers = []
         if gateway.token:
             if token_in_query:
@@ -190,7 +190,7 @@ class KernelClient:
                 headers.append(f"Authorization: token {gateway.token}")
         self.ws = websocket.create_connection(
             url, header=headers, timeout=timeout,
-            subprotocols=[wire.V1_PROTOCOL] if v1 else None)
+            subprotocols=[wire.V1_PROTOCOL] if v1 else None, sslopt=sslopt)
 
     # -- sending ---------------------------------------------------------------
     def send(self, channel: str, msg_type: str, content: dict, buffers=(), parent: dict | None = None) -> str:

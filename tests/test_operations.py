@@ -14,7 +14,7 @@ import requests
 
 from pathlib import Path
 
-from support import TWISTD, GatewayProcess, make_certificate, pid_alive, stdout_of
+from support import TWISTD, GatewayProcess, KernelClient, make_certificate, pid_alive, stdout_of
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -141,6 +141,13 @@ def test_kg_certfile_serves_tls_and_kg_client_ca_requires_a_client_certificate(t
     with GatewayProcess(env={"KG_CERTFILE": str(server[0]), "KG_KEYFILE": str(server[1])}) as gateway:
         response = requests.get(f"https://127.0.0.1:{gateway.port}/api", verify=str(ca[0]), timeout=30)
         assert response.status_code == 200
+        # kernel WebSockets over TLS: written through the transport's own buffer, not the TCP outbox
+        kernel = requests.post(f"https://127.0.0.1:{gateway.port}/api/kernels", json={}, verify=str(ca[0]),
+                               timeout=60).json()
+        for v1 in (False, True):
+            with KernelClient(gateway, kernel["id"], v1=v1, ws_url=f"wss://127.0.0.1:{gateway.port}",
+                              sslopt={"ca_certs": str(ca[0])}) as client:
+                assert stdout_of(client.run("print(6 * 7)")) == "42\n"
 
 
 def test_jkg_console_script_runs_twistd_with_the_same_flags(tmp_path):
