@@ -7,6 +7,7 @@ simply one that never reads).
 """
 import json
 import struct
+import time
 
 import pytest
 import websocket
@@ -323,6 +324,47 @@ def test_a_stalled_client_is_dropped_and_the_others_get_everything(small_buffers
             size = sum(len(m["content"].get("data", {}).get("text/plain", "")) for m in replayed)
             assert size <= LIMIT
             assert stdout_of(back.run("print('still here')")) == "still here\n"
+    finally:
+        gateway.request("DELETE", f"/api/kernels/{kernel['id']}")
+
+
+def _rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status").read().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_slow_reader_alone_holds_the_kernel_back(gateway):
+    """iopub flow control end to end: the kernel makes 96 MB at once, its one client reads ~20 MB/s.
+
+    The kernel's output waits in its sockets from 8 MB behind and flows again as the client's socket
+    takes each slice (its writer reports it: nothing polls), so the client gets everything and the
+    gateway never holds more than a few MB of it (without flow control: most of the 96 MB).
+    """
+    kernel = gateway.start_kernel()
+    outputs, size = 96, 1024 * 1024
+    pid = gateway.process.pid
+    try:
+        with gateway.connect(kernel["id"], v1=True) as reader:
+            assert stdout_of(reader.run("_s = 'y' * %d" % size)) == ""
+            before = peak = _rss_mib(pid)
+            msg_id = reader.execute("from IPython.display import display\n"
+                                    f"for i in range({outputs}):\n    display({{'text/plain': _s}}, raw=True)\n")
+            got = 0
+            for _ in range(outputs + 10):
+                msg = reader.recv(60)
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                if msg["msg_type"] == "display_data":
+                    assert len(msg["content"]["data"]["text/plain"]) == size
+                    got += 1
+                    peak = max(peak, _rss_mib(pid))
+                    time.sleep(0.05)  # a slow reader
+                elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    break
+            assert got == outputs
+            assert peak - before < 40, f"the gateway grew by {peak - before:.0f} MiB"
     finally:
         gateway.request("DELETE", f"/api/kernels/{kernel['id']}")
 
