@@ -63,6 +63,16 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def stop_process(process: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL if it is still there after ``grace`` seconds; reaped either way."""
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 # Settings an in-process gateway (test_embedding) puts into the test process's environment for
 # gateway_provisioners: a gateway started later must get only the ones its own test passes.
 ENGINE_SETTINGS = ("GP_", "DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")

@@ -29,6 +29,7 @@ from client_support import (  # noqa: E402
     run_async,
 )
 from conftest import TOKEN  # noqa: E402
+from support import stop_process  # noqa: E402
 
 from jkg.client import KernelDied  # noqa: E402
 
@@ -70,12 +71,7 @@ def serving(process: subprocess.Popen, url: str, name: str, headers: dict | None
             time.sleep(0.2)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")

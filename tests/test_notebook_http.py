@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from support import GatewayProcess, children_of, pid_alive
+from support import GatewayProcess, children_of, pid_alive, stop_process
 
 HERE = Path(__file__).resolve().parent
 NOTEBOOK = HERE / "notebooks" / "api.ipynb"
@@ -67,12 +67,7 @@ def reference_gateway(notebook: Path, env: dict):
         wait_http(url + "/hello", process)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process)
 
 
 @contextmanager
