@@ -50,6 +50,8 @@ LABELS = {"component": "kernel", "app": "gateway-provisioners"}
 # How long a started container is watched for an early exit.  Short: the
 # provisioner waits for this process (blocking) when it shuts a kernel down.
 EXIT_WATCH = 3.0
+# How long a container that exited at start is given to be removed before the launcher reports it.
+REMOVAL_WAIT = 10
 MAX_REPORT = 2000
 _NUMBER = re.compile(r"[0-9]{1,9}\Z")
 _LIMIT = re.compile(r"[0-9]{1,18}\Z")
@@ -182,6 +184,10 @@ def watch_for_early_exit(container, seconds: float) -> None:
 
     threading.Thread(target=follow, daemon=True).start()
     if ended.wait(seconds):
+        try:  # its output has ended; the engine removes it a moment later: report once it is gone
+            container.wait(timeout=REMOVAL_WAIT, condition="removed")
+        except Exception:  # noqa: BLE001 - already gone (NotFound), or the engine is slow: the gateway sweeps
+            pass
         tail = " | ".join(line for line in output.decode(errors="replace").splitlines() if line.strip())
         raise LaunchError(f"container {container.name} exited at start: {tail[-MAX_REPORT:] or '(no output)'}")
 
