@@ -209,9 +209,7 @@ class ChannelsProtocol(WebSocketServerProtocol):
                 self._write(self._encode(warning_message(warning, message.parts[1], self.session_id)))
             if not send:
                 return
-        refused = self._outbox.send(self._frames.frame(message, self.wire_format, self._encode))
-        if refused is not None:
-            self._too_slow(self._outbox.backlog.limit, refused)
+        self._write(self._frames.frame(message, self.wire_format, self._encode))
 
     def _write(self, frame: Frame) -> None:
         """Send ``frame`` now (what the socket does not take waits in the outbox), or drop a too slow client."""
