@@ -90,6 +90,7 @@ class GatewayConfig:
     max_message_size: int = 256 * 1024 * 1024
     replay_buffer_limit: int = 64 * 1024 * 1024
     client_buffer_limit: int = 16 * 1024 * 1024
+    iopub_batch_ms: int = 0
     iopub_msg_rate_limit: float = 0.0
     iopub_data_rate_limit: float = 0.0
     rate_limit_window: float = 3.0

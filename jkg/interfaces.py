@@ -24,6 +24,13 @@ class IKernelClient(Interface):
         (the WebSocket frames: :class:`jkg.web.frames.FrameCache`).
         """
 
+    def deliver_all(messages):
+        """:meth:`deliver` several iopub messages, in order: what one read from the kernel brought.
+
+        Every client gets the very same list, one client after the other, so a
+        client may share work per message of it and write them all at once.
+        """
+
     def disconnect(code, reason):
         """Close the connection (the kernel was deleted, or the gateway stops)."""
 

@@ -180,6 +180,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("client_buffer_limit", str(16 * 1024 * 1024), non_negative_int, "Bytes that may wait to be sent to "
            "one WebSocket client; beyond that a client that stops reading is disconnected (code 4008) and its "
            "output kept for replay (0 means no limit).", ("JKG_CLIENT_BUFFER_LIMIT",)),
+    Option("iopub_batch_ms", "0", non_negative_int, "Milliseconds a kernel's iopub is left unread after each "
+           "read while an execution streams output (32 outputs in a row), to read and send it in batches "
+           "(0, the default: never).", ("JKG_IOPUB_BATCH_MS",)),
     Option("iopub_msg_rate_limit", "0", non_negative_float, "IOPub messages per second a client may get, "
            "averaged over --rate-limit-window, as jupyter_server's (0 disables).",
            ("JKG_IOPUB_MSG_RATE_LIMIT", "KG_IOPUB_MSG_RATE_LIMIT")),

@@ -40,6 +40,10 @@ class RecordingClient:
     def deliver(self, message) -> None:
         self.delivered.append(message)
 
+    def deliver_all(self, messages) -> None:
+        for message in messages:
+            self.deliver(message)
+
     def disconnect(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
 
@@ -48,9 +52,9 @@ class RecordingClient:
 class FakeChannels:
     """Records what would have been signed and sent to the kernel."""
 
-    def __init__(self, connection_info=None, on_message=None):
+    def __init__(self, connection_info=None, on_messages=None):
         self.connection_info = connection_info
-        self.on_message = on_message
+        self.on_messages = on_messages
         self.sent: list[tuple[str, list]] = []
         self.closed = False
         self.all_connected = True
@@ -64,6 +68,10 @@ class FakeChannels:
     def send(self, channel: str, parts) -> None:
         if not self.closed:
             self.sent.append((channel, list(parts)))
+
+    def on_message(self, message) -> None:
+        """A message from the kernel, read on its own."""
+        self.on_messages([message])
 
     def pause_iopub(self) -> None:
         self.iopub_paused = True
@@ -255,7 +263,7 @@ class AnsweringChannels(FakeChannels):
     def send(self, channel, parts) -> None:
         super().send(channel, parts)
         header = json.loads(parts[0])
-        if header["msg_type"] == "kernel_info_request" and self.on_message is not None:
+        if header["msg_type"] == "kernel_info_request" and self.on_messages is not None:
             reply_header = json.dumps({"msg_id": uuid.uuid4().hex, "msg_type": "kernel_info_reply"}).encode()
             parent = json.dumps({"msg_id": header["msg_id"]}).encode()
             status = json.dumps({"msg_id": uuid.uuid4().hex, "msg_type": "status"}).encode()

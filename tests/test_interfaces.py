@@ -36,7 +36,7 @@ def test_the_fakes_keep_the_contracts():
 def test_the_real_implementations_keep_the_contracts():
     reactor = MemoryReactorClock()  # the connections register with it and get nowhere
     zmq = make_factory(reactor)
-    channels = KernelChannels(zmq, INFO, lambda message: None)
+    channels = KernelChannels(zmq, INFO, lambda messages: None)
     try:
         assert verifyObject(IKernelChannels, channels)
     finally:

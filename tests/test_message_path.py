@@ -42,7 +42,7 @@ async def test_heartbeat_ping_is_answered_by_an_echo_and_times_out_without_one(z
     hb_port = echo.bind_to_random_port("tcp://127.0.0.1")
     info = {"transport": "tcp", "ip": "127.0.0.1", "key": b"k", "signature_scheme": "hmac-sha256",
             "hb_port": hb_port, **{f"{c}_port": free_port() for c in ("shell", "iopub", "stdin", "control")}}
-    channels = KernelChannels(ours, info, lambda message: None)
+    channels = KernelChannels(ours, info, lambda messages: None)
     answered = channels.ping(20)
     echo.send_multipart(await recv_zmq(echo))
     assert await answered is True
@@ -82,7 +82,7 @@ async def test_only_correctly_signed_kernel_messages_get_through(zctx):
     context, ours = zctx
     kernel = FakeKernel(context)
     got = []
-    channels = KernelChannels(ours, kernel.info, got.append)
+    channels = KernelChannels(ours, kernel.info, got.extend)
     await until(lambda: channels.all_connected, "all four handshakes")
     await recv_zmq(kernel.iopub)  # the subscription
     good = kernel.frames("display_data", {"data": {"text/plain": "x" * 100_000}}, [BIG, b""])
@@ -105,7 +105,7 @@ async def test_requests_are_signed_from_their_bytes_and_replies_routed_by_identi
     context, ours = zctx
     kernel = FakeKernel(context)
     got = []
-    channels = KernelChannels(ours, kernel.info, got.append)
+    channels = KernelChannels(ours, kernel.info, got.extend)
     parts = [json.dumps({"msg_id": "m1", "msg_type": "kernel_info_request", "session": "s", "username": "u",
                          "date": "2026-01-01T00:00:00Z", "version": "5.3"}).encode(), b"{}", b"{}", b"{}"]
     channels.send("shell", parts)

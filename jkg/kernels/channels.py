@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from ..interfaces import IKernelChannels
 from .messages import DELIMITER, KernelMessage, MalformedMessage, parse_kernel_frames
+from .pacing import IopubPacer
 from .signer import Signer
 from .zmtp import ZmqContext, ZmtpConnection
 
@@ -45,19 +46,26 @@ class KernelChannels:
     """The gateway's connections to one kernel, with message signing and checking.
 
     :param zmq_context: the gateway's :class:`ZmqContext` (see :func:`make_factory`).
-    :param on_message: called as ``on_message(KernelMessage)`` for
-        every correctly signed message from the kernel.
+    :param on_messages: called as ``on_messages([KernelMessage, ...])`` with
+        the correctly signed messages that one read from one of the kernel's
+        sockets brought, in order (so a burst of output is handled, and
+        written to each client, as one batch).
+    :param iopub_hold: seconds iopub is left unread after each read while
+        the kernel streams output (``--iopub-batch-ms``; 0: never), see
+        :mod:`jkg.kernels.pacing`.
     """
 
     def __init__(self, zmq_context: ZmqContext, connection_info: dict,
-                 on_message: Callable[[KernelMessage], None]):
+                 on_messages: Callable[[list], None], iopub_hold: float = 0.0):
         key = connection_info.get("key", b"")
         if isinstance(key, str):
             key = key.encode("ascii")
         self._signer = Signer(key, connection_info.get("signature_scheme", "hmac-sha256"))
-        self._on_message = on_message
-        #: names the kernel in logs: its id when ``on_message`` is a kernel's method, else its shell address
-        self.label = str(getattr(getattr(on_message, "__self__", None), "id", "") or
+        self._on_messages = on_messages
+        self._batch: list[KernelMessage] = []  # the checked messages of the read under way
+        self._pacer = IopubPacer(hold=iopub_hold) if iopub_hold > 0 else None
+        #: names the kernel in logs: its id when ``on_messages`` is a kernel's method, else its shell address
+        self.label = str(getattr(getattr(on_messages, "__self__", None), "id", "") or
                          _address(connection_info, "shell"))
         self.identity = uuid.uuid4().hex.encode("ascii")
         self._zmq = zmq_context
@@ -71,12 +79,13 @@ class KernelChannels:
         self._sockets["iopub"] = ZmtpConnection(
             zmq_context, b"SUB", _address(connection_info, "iopub"),
             lambda frames: self._frames_received("iopub", frames), subscribe=True,
-            on_ready=lambda: self._connected("iopub"))
+            on_ready=lambda: self._connected("iopub"), on_read_done=self._iopub_read_done)
         for channel in REQUEST_CHANNELS:
             self._sockets[channel] = ZmtpConnection(
                 zmq_context, b"DEALER", _address(connection_info, channel),
                 lambda frames, channel=channel: self._frames_received(channel, frames),
-                identity=self.identity, on_ready=lambda channel=channel: self._connected(channel))
+                identity=self.identity, on_ready=lambda channel=channel: self._connected(channel),
+                on_read_done=self._read_done)
 
     @property
     def all_connected(self) -> bool:
@@ -151,7 +160,22 @@ class KernelChannels:
         if not self._signer.verify(message.parts, message.signature):
             self._zmq.errors.report(self.label, f"badly signed {channel} message")
             return
-        self._on_message(message)
+        self._batch.append(message)
+
+    def _read_done(self) -> None:
+        batch = self._batch
+        if batch:
+            self._batch = []
+            if not self.closed:
+                self._on_messages(batch)
+
+    def _iopub_read_done(self) -> None:
+        pacer = self._pacer
+        if pacer is not None and self._batch:
+            hold = pacer.after_read(self._batch)
+            if hold:
+                self._sockets["iopub"].hold_reading(hold)
+        self._read_done()
 
     def close(self) -> None:
         """Close every connection; late sends become no-ops."""

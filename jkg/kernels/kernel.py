@@ -38,7 +38,7 @@ class ManagedKernel:
     """State and message routing for one kernel.
 
     :param launched: the :class:`jkg.kernels.launcher.LaunchedKernel`.
-    :param connect: ``connect(connection_info, on_message)`` makes the
+    :param connect: ``connect(connection_info, on_messages)`` makes the
         kernel's :class:`jkg.kernels.channels.KernelChannels`.
     """
 
@@ -70,9 +70,8 @@ class ManagedKernel:
         self._quiet: set[str] = set()  # the gateway's own requests: their iopub stays private
         self._iopub_seen = False
         self._readiness_check: Callable[[], None] | None = None
-        self.channels = connect(launched.connection_info, self._on_message)
+        self.channels = connect(launched.connection_info, self._on_messages)
 
-    # -- the model ---------------------------------------------------------
     # -- life and death: the registry reports, the kernel keeps its own state ----
     def became_ready(self) -> None:
         """It answered ``kernel_info`` after a launch or adoption: idle unless its status says otherwise."""
@@ -147,8 +146,16 @@ class ManagedKernel:
         }
 
     # -- kernel -> clients -------------------------------------------------
-    def _on_message(self, message: KernelMessage) -> None:
+    def _on_messages(self, messages: list) -> None:
+        """What one read from one of the kernel's sockets brought: iopub goes to the clients as one batch."""
         self.last_activity = utcnow()
+        fanout: list[KernelMessage] = []
+        for message in messages:
+            self._on_message(message, fanout)
+        if fanout:
+            self._broadcast_all(fanout)
+
+    def _on_message(self, message: KernelMessage, fanout: list) -> None:
         TRAFFIC.received(message.channel, message.parts)
         if message.channel == "iopub":
             if not self._iopub_seen:
@@ -159,7 +166,7 @@ class ManagedKernel:
                 self._track_status(message)
             if message.parent_id in self._quiet:
                 return  # busy/idle around the gateway's own kernel_info probes
-            self._broadcast(message)
+            fanout.append(message)
             return
         parent = message.parent_id
         internal = self._internal.pop(parent, None) if parent else None
@@ -185,18 +192,17 @@ class ManagedKernel:
             # (while the registry restarts the kernel, it owns the state)
             self.execution_state = state
 
-    def _broadcast(self, message: KernelMessage) -> None:
+    def _broadcast_all(self, messages: list) -> None:
+        """Hand iopub ``messages`` to every client (the same list to each), or keep them for replay."""
         if self.clients:
             # a copy: a client that turns out too slow detaches during delivery
             for client in list(self.clients.values()):
-                client.deliver(message)
-            if message.channel == "iopub":
-                self._flow.check()
+                client.deliver_all(messages)
+            self._flow.check()
         elif self._replay is not None:
-            self._replay.append(message)
-        if self._slow_replays:
-            for replay in self._slow_replays.values():
-                replay.append(message)
+            self._replay.extend(messages)
+        for replay in self._slow_replays.values():
+            replay.extend(messages)
 
     def _deliver_to_session(self, session_id: str, message: KernelMessage) -> None:
         client = self.clients.get(session_id)
@@ -213,7 +219,7 @@ class ManagedKernel:
         """Tell every client of a state only the gateway knows (restarting, dead), and why if known."""
         self.execution_state = state
         self.reason = reason if state == "dead" else ""
-        self._broadcast(local_message("iopub", status_parts(state, self.id, reason)))
+        self._broadcast_all([local_message("iopub", status_parts(state, self.id, reason))])
 
     # -- clients -> kernel -------------------------------------------------
     def send(self, client, incoming) -> None:
@@ -295,7 +301,7 @@ class ManagedKernel:
         self._pending.clear()
         self._internal.clear()
         self._iopub_seen = False
-        self.channels = self._connect(self.launched.connection_info, self._on_message)
+        self.channels = self._connect(self.launched.connection_info, self._on_messages)
 
     def wait_ready(self, timeout: float, channel: str = "shell") -> Deferred:
         """Fire once the kernel answers ``kernel_info`` and iopub is flowing.

@@ -43,6 +43,10 @@ class ReplayBuffer:
             self.size -= oldest.size
             self.dropped += 1
 
+    def extend(self, messages) -> None:
+        for message in messages:
+            self.append(message)
+
     def drain(self) -> list[KernelMessage]:
         """Everything kept, oldest first, led by a notice when output was lost."""
         messages = list(self._messages)

@@ -65,15 +65,18 @@ class ZmtpConnection(ZmtpReader):
 
     Complete messages (lists of frames) go to ``on_message(frames)``; frames
     are ``bytes``, or for large ones read-only ``memoryview``\\ s of a buffer
-    of their own.  ``on_ready()`` is called each time the handshake with the
-    kernel completes.
+    of their own.  After the messages that one read completed, ``on_read_done()``
+    (if given) is called: a consumer can handle them as one batch (one write per
+    client instead of one per message).  ``on_ready()`` is called each time the
+    handshake with the kernel completes.
 
     :param address: ``tcp://host:port`` or ``ipc://path``.
     """
 
     def __init__(self, zmq_context: ZmqContext, socket_type: bytes, address: str,
                  on_message: Callable[[list], None], identity: bytes | None = None,
-                 subscribe: bool = False, on_ready: Callable[[], None] | None = None):
+                 subscribe: bool = False, on_ready: Callable[[], None] | None = None,
+                 on_read_done: Callable[[], None] | None = None):
         self._owner = zmq_context
         self._reactor = zmq_context.reactor
         self._socket_type = socket_type
@@ -82,6 +85,7 @@ class ZmtpConnection(ZmtpReader):
         self._subscribe = subscribe
         self.on_message = on_message
         self.on_ready = on_ready
+        self.on_read_done = on_read_done
         self._sock: socket.socket | None = None
         self._fd = -1
         self._state = WAITING
@@ -94,6 +98,7 @@ class ZmtpConnection(ZmtpReader):
         self._writing = False
         self._reading = False
         self._paused = False  # reading suspended (flow control)
+        self._hold_call = None  # reading held back for a moment (hold_reading)
         self._buf = bytearray(READ_BUFFER)
         self._view = memoryview(self._buf)
         self._start = self._end = 0
@@ -165,6 +170,7 @@ class ZmtpConnection(ZmtpReader):
         sock, self._sock = self._sock, None
         if sock is None:
             return
+        self._cancel_hold()
         self._stop_reading()
         self._stop_writing()
         self._fd = -1
@@ -184,6 +190,7 @@ class ZmtpConnection(ZmtpReader):
         if self._drain_call is not None and self._drain_call.active():
             self._drain_call.cancel()
         self._drain_call = None
+        self._cancel_hold()
         sock, self._sock = self._sock, None
         if sock is not None:
             self._stop_reading()
@@ -212,6 +219,28 @@ class ZmtpConnection(ZmtpReader):
         self._writing = self._reading = False
         self._lost(reason)
 
+    def hold_reading(self, seconds: float) -> None:
+        """Read again only in ``seconds``: what comes meanwhile waits in the socket and is read at once.
+
+        Interrupt moderation for a stream of small messages: one wake-up and
+        one read for all that came, instead of one per message.  Independent
+        of :meth:`pause_reading`: reading goes on when neither holds it.
+        """
+        if self._hold_call is None and self._sock is not None:
+            self._stop_reading()
+            self._hold_call = self._reactor.callLater(seconds, self._end_hold)
+
+    def _end_hold(self) -> None:
+        self._hold_call = None
+        if self._sock is not None and self._state != CONNECTING:
+            self._start_reading()
+
+    def _cancel_hold(self) -> None:
+        if self._hold_call is not None:
+            if self._hold_call.active():
+                self._hold_call.cancel()
+            self._hold_call = None
+
     def pause_reading(self) -> None:
         """Leave what the kernel sends in the sockets until :meth:`resume_reading`."""
         self._paused = True
@@ -225,7 +254,7 @@ class ZmtpConnection(ZmtpReader):
                 self._later()
 
     def _start_reading(self) -> None:
-        if not self._reading and not self._paused:
+        if not self._reading and not self._paused and self._hold_call is None:
             self._reading = True
             self._reactor.addReader(self)
 

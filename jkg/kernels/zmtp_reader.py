@@ -212,6 +212,12 @@ class ZmtpReader:
                 on_message(frames)
             except Exception:  # noqa: BLE001 - one bad message must not stop the connection
                 log.failure("handling a message from a kernel")
+        on_read_done = self.on_read_done
+        if on_read_done is not None:
+            try:
+                on_read_done()
+            except Exception:  # noqa: BLE001 - nor one bad batch
+                log.failure("handling the messages of a read from a kernel")
 
     def _command(self, data: bytes) -> None:
         if not data:

@@ -53,6 +53,10 @@ class KernelRunner:
         self.kernel = registry.attach(kernel_id, self)  # an IAttachedKernel
 
     # -- IKernelClient -----------------------------------------------------------
+    def deliver_all(self, messages) -> None:
+        for message in messages:
+            self.deliver(message)
+
     def deliver(self, message) -> None:
         current = self._current
         if message.channel != "iopub":

@@ -211,6 +211,18 @@ class ChannelsProtocol(WebSocketServerProtocol):
                 return
         self._write(self._frames.frame(message, self.wire_format, self._encode))
 
+    def deliver_all(self, messages: list) -> None:
+        """:meth:`deliver` each of ``messages``, written to the socket in one go."""
+        if self.state != _OPEN:
+            return
+        if len(messages) == 1 or self._rate_limit is not None:
+            for message in messages:
+                self.deliver(message)
+            return
+        refused = self._outbox.send_all(self._frames.frames(messages, self.wire_format, self._encode))
+        if refused is not None:
+            self._too_slow(self._outbox.backlog.limit, refused)
+
     def _write(self, frame: Frame) -> None:
         """Send ``frame`` now (what the socket does not take waits in the outbox), or drop a too slow client."""
         refused = self._outbox.send(frame)

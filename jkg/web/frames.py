@@ -57,11 +57,25 @@ class FrameCache:
     later (from a replay buffer) is simply encoded again.
     """
 
-    __slots__ = ("_message", "_frames")
+    __slots__ = ("_message", "_frames", "_batch", "_batch_frames")
 
     def __init__(self):
         self._message = None
         self._frames: dict = {}
+        self._batch = None  # the last list of messages fanned out together
+        self._batch_frames: dict = {}  # its frames, per format
+
+    def frames(self, messages: list, wire_format: str, encode) -> list:
+        """The frames of ``messages`` (one list, handed to every client in turn) for ``wire_format``."""
+        if messages is not self._batch:
+            self._batch = messages
+            frames = [encode(message) for message in messages]
+            self._batch_frames = {wire_format: frames}
+            return frames
+        frames = self._batch_frames.get(wire_format)
+        if frames is None:
+            frames = self._batch_frames[wire_format] = [encode(message) for message in messages]
+        return frames
 
     def frame(self, message, wire_format: str, encode) -> Frame:
         """``message``'s frame for ``wire_format``, made with ``encode(message)`` when not made yet."""

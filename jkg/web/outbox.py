@@ -108,6 +108,15 @@ class Outbox:
             self.transport.write(frame.joined())
         return refused
 
+    def send_all(self, frames: list) -> str | None:
+        """:meth:`send` several frames, in order: all of them, or none if the client is too slow."""
+        refused = self.refuse()
+        if refused is None:
+            for frame in frames:
+                self.backlog.appended += frame.size
+                self.transport.write(frame.joined())
+        return refused
+
 
 @implementer(IPullProducer)
 class TCPOutbox(Outbox):
@@ -179,6 +188,38 @@ class TCPOutbox(Outbox):
         if sent < size:
             self._keep(pieces, sent)
             self._spans.append((start, start + size))
+            self._lend()
+        return None
+
+    def send_all(self, frames: list) -> str | None:
+        """:meth:`Outbox.send_all` with one ``sendmsg`` for all the frames (one wake-up of the client)."""
+        backlog = self.backlog
+        start = position = backlog.appended
+        spans = self._spans
+        if self.queue or self.lent:
+            refused = backlog.check(self.queued + abs(self.lent))
+            if refused is not None:
+                return refused
+            queue = self.queue
+            for frame in frames:
+                queue.extend(frame.pieces)
+                spans.append((position, position + frame.size))
+                position += frame.size
+            backlog.appended = position
+            self.queued += position - start
+            return None
+        pieces = [piece for frame in frames for piece in frame.pieces]
+        total = sum(frame.size for frame in frames)
+        backlog.appended = start + total
+        sent = self._send(pieces)
+        if sent < total:
+            done = start + sent
+            for frame in frames:
+                end = position + frame.size
+                if end > done:
+                    spans.append((position, end))
+                position = end
+            self._keep(pieces, sent)
             self._lend()
         return None
 
