@@ -410,3 +410,77 @@ async def test_the_tcp_outbox_hears_from_the_transport_when_its_backlog_is_sent(
     finally:
         client.close()
         await port.stopListening()
+
+
+# ---------------------------------------------------------------- signatures: proven once per local connection
+
+
+def test_which_kernel_addresses_are_local():
+    from jkg.kernels.channels import is_local_connection
+
+    assert is_local_connection({"transport": "ipc", "ip": "/run/jkg/kernel-1"})
+    assert is_local_connection({"transport": "tcp", "ip": "127.0.0.1"})
+    assert is_local_connection({"transport": "tcp", "ip": "127.3.4.5"})
+    assert is_local_connection({"transport": "tcp", "ip": "::1"})
+    assert not is_local_connection({"transport": "tcp", "ip": "10.0.0.7"})
+    assert not is_local_connection({"transport": "tcp", "ip": "0.0.0.0"})
+    assert not is_local_connection({"transport": "tcp", "ip": "kernel-host.example"})  # names resolve anywhere
+    assert not is_local_connection({"transport": "tcp"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_connection_must_prove_the_key_again_an_impostor_on_the_port_gets_nothing_through(zctx):
+    """The kernel's iopub port is taken over by someone without the key (the kernel died, another process
+    bound the port): after the reconnect, none of its messages reaches the kernel's clients."""
+    context, ours = zctx
+    kernel = FakeKernel(context)
+    got = []
+    channels = KernelChannels(ours, kernel.info, got.extend)
+    try:
+        await until(lambda: channels.all_connected, "all four handshakes")
+        await recv_zmq(kernel.iopub)  # the subscription
+        kernel.iopub.send_multipart([b"t", *kernel.frames("stream", {"name": "stdout", "text": "real"})])
+        await until(lambda: got, "the kernel's own message")
+        port = kernel.info["iopub_port"]
+        kernel.iopub.close(linger=0)
+        impostor = context.socket(zmq.XPUB)
+        for _ in range(100):  # the port is free again once libzmq let go of it
+            try:
+                impostor.bind(f"tcp://127.0.0.1:{port}")
+                break
+            except zmq.ZMQError:
+                await deferLater(reactor, 0.05, lambda: None)
+        await recv_zmq(impostor, timeout=20)  # our SUB reconnected and subscribed
+        forger = Session(key=b"not-the-key")
+        for n in range(20):
+            msg = forger.msg("stream", {"name": "stdout", "text": f"forged {n}"})
+            impostor.send_multipart([b"t", *forger.serialize(msg)])
+        await deferLater(reactor, 0.5, lambda: None)
+        assert [m.msg_type for m in got] == ["stream"] and len(got) == 1  # nothing forged got through
+        impostor.close(linger=0)
+    finally:
+        channels.close()
+        kernel.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_a_remote_connection_every_message_is_checked(zctx):
+    context, ours = zctx
+    kernel = FakeKernel(context)
+    got = []
+    channels = KernelChannels(ours, kernel.info, got.extend)
+    channels._local = False  # as for a kernel on another host (tests only reach 127.0.0.0/8)
+    try:
+        await until(lambda: channels.all_connected, "all four handshakes")
+        await recv_zmq(kernel.iopub)
+        good = kernel.frames("stream", {"name": "stdout", "text": "real"})
+        forged = list(kernel.frames("stream", {"name": "stdout", "text": "forged"}))
+        forged[1] = b"0" * 64
+        for frames in (good, forged, good):
+            kernel.iopub.send_multipart([b"t", *frames])
+        await until(lambda: len(got) == 2, "the two signed messages")
+        await deferLater(reactor, 0.2, lambda: None)
+        assert [json.loads(m.parts[3])["text"] for m in got] == ["real", "real"]
+    finally:
+        channels.close()
+        kernel.close()

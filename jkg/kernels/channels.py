@@ -11,10 +11,18 @@ first ping.
 
 Messages are checked and signed here (:class:`~jkg.kernels.signer.Signer`)
 with the kernel's key; the key never leaves this module and the launcher.
+On a connection that cannot be tampered with in transit -- a UNIX socket or
+loopback TCP, where only root could splice into it -- the first correctly
+signed message proves that the peer holds the key, and the rest of that
+connection is not checked again (the HMAC of every byte was over half the
+gateway's CPU on large outputs); each new connection, after a reconnect too,
+proves itself again.  On any other address every message is checked.
+(jupyter_server's v1 WebSocket path checks no kernel signature at all.)
 The connections themselves are :mod:`jkg.kernels.zmtp`'s.
 """
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from typing import Callable, Sequence
 
@@ -31,6 +39,16 @@ from .zmtp import ZmqContext, ZmtpConnection
 log = Logger()
 
 REQUEST_CHANNELS = ("shell", "control", "stdin")
+
+
+def is_local_connection(info: dict) -> bool:
+    """Whether the kernel's sockets are reached over UNIX sockets or loopback TCP (no one in between)."""
+    if info.get("transport", "tcp") == "ipc":
+        return True
+    try:
+        return ipaddress.ip_address(str(info.get("ip", "")).strip("[]")).is_loopback
+    except ValueError:  # a host name: whatever it resolves to, treat it as remote
+        return False
 
 
 def _address(info: dict, channel: str) -> str:
@@ -64,6 +82,8 @@ class KernelChannels:
         self._on_messages = on_messages
         self._batch: list[KernelMessage] = []  # the checked messages of the read under way
         self._pacer = IopubPacer(hold=iopub_hold) if iopub_hold > 0 else None
+        self._local = is_local_connection(connection_info)
+        self._proven: set[str] = set()  # channels whose current connection showed it holds the key
         #: names the kernel in logs: its id when ``on_messages`` is a kernel's method, else its shell address
         self.label = str(getattr(getattr(on_messages, "__self__", None), "id", "") or
                          _address(connection_info, "shell"))
@@ -98,6 +118,7 @@ class KernelChannels:
         return not self._waiting
 
     def _connected(self, channel: str) -> None:
+        self._proven.discard(channel)  # a new connection: it proves itself again
         if channel not in self._waiting:
             return
         self._waiting.discard(channel)
@@ -157,9 +178,12 @@ class KernelChannels:
         except MalformedMessage as error:
             self._zmq.errors.report(self.label, f"malformed {channel} message", str(error))
             return
-        if not self._signer.verify(message.parts, message.signature):
-            self._zmq.errors.report(self.label, f"badly signed {channel} message")
-            return
+        if channel not in self._proven:
+            if not self._signer.verify(message.parts, message.signature):
+                self._zmq.errors.report(self.label, f"badly signed {channel} message")
+                return
+            if self._local:
+                self._proven.add(channel)
         self._batch.append(message)
 
     def _read_done(self) -> None:
