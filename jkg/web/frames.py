@@ -47,14 +47,15 @@ class Frame:
 
 
 class FrameCache:
-    """The frames of the message being fanned out, per format: built by its first client of a format.
+    """The frames of what is being fanned out, per format: built by its first client of a format.
 
-    A kernel hands one message to all its clients in one go before the next
-    (``ManagedKernel._broadcast``), so remembering only the last message is
-    enough for every client of a format to write the same frame -- and the
-    kernel's message type carries no web state.  It keeps one message alive
-    until the next one (at most one per gateway).  A message delivered again
-    later (from a replay buffer) is simply encoded again.
+    A kernel hands one message, or one read's list of messages, to all its
+    clients in one go before the next (``ManagedKernel._broadcast_all``), so
+    remembering only the last message and the last list is enough for every
+    client of a format to write the same frames -- and the kernel's message
+    type carries no web state.  It keeps them alive until the next (at most
+    one read's worth per gateway).  A message delivered again later (from a
+    replay buffer) is simply encoded again.
     """
 
     __slots__ = ("_message", "_frames", "_batch", "_batch_frames")
