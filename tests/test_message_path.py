@@ -17,7 +17,7 @@ from twisted.internet.task import deferLater
 from jkg.kernels.channels import KernelChannels
 from jkg.kernels.signer import Signer
 from jkg.kernels.messages import parse_kernel_frames
-from zmtp_support import free_port, recv_zmq, until
+from zmtp_support import free_port, recv_all, recv_zmq, served_connection, until
 from jkg.web.frames import FrameCache, encode_legacy_frame, encode_v1_frame
 
 try:
@@ -362,24 +362,12 @@ async def test_the_tcp_outbox_hears_from_the_transport_when_its_backlog_is_sent(
     """What the socket does not take waits; the transport (through the public producer API) says when
     each slice went out, the outbox sends on and reports it -- nothing polls -- and every byte arrives
     in order."""
-    import socket
-
-    from twisted.internet.protocol import Factory, Protocol
 
     from jkg.web.frames import Frame
     from jkg.web.outbox import TCPOutbox
 
-    accepted = []
-
-    class Server(Protocol):
-        def connectionMade(self):  # noqa: N802 - Twisted API
-            accepted.append(self.transport)
-
-    port = reactor.listenTCP(0, Factory.forProtocol(Server), interface="127.0.0.1")
-    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    port, transport, client = await served_connection()
     try:
-        await until(lambda: accepted, "the connection")
-        transport = accepted[0]
         drained = []
         outbox = TCPOutbox(transport, 0, lambda: drained.append(outbox.waiting()))
         await until(lambda: outbox.lent == 0, "the transport's first word")
@@ -389,21 +377,7 @@ async def test_the_tcp_outbox_hears_from_the_transport_when_its_backlog_is_sent(
         total = sum(frame.size for frame in frames)
         assert outbox.waiting() > 0 and outbox.backlog.appended == total  # the client has not read yet
         reports = len(drained)
-        client.setblocking(False)
-        received = bytearray()
-
-        def read():
-            try:
-                while len(received) < total:
-                    chunk = client.recv(1 << 20)
-                    if not chunk:
-                        break
-                    received.extend(chunk)
-            except BlockingIOError:
-                pass
-            return len(received) == total
-
-        await until(read, "every byte")
+        received = await recv_all(client, total)
         assert received == b"".join(b"".join(bytes(p) for p in frame.pieces) for frame in frames)
         await until(lambda: outbox.waiting() == 0, "the outbox to hear that all was sent")
         assert len(drained) > reports and drained[-1] == 0

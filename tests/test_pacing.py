@@ -6,7 +6,6 @@ libzmq (pyzmq's PUB playing the kernel) on 127.0.0.1; the TCP outbox writes to a
 real socket.  The end-to-end tests are in tests/test_iopub_batches.py.
 """
 import json
-import socket
 
 import pytest_twisted
 import zmq
@@ -20,7 +19,7 @@ from jkg.kernels.zmtp import ZmtpConnection
 from jkg.testing import FakeChannels, FakeLaunchedKernel, RecordingClient
 from jkg.web.frames import Frame, FrameCache, encode_v1_frame
 from jkg.web.outbox import TCPOutbox
-from zmtp_support import until
+from zmtp_support import recv_all, served_connection, until
 
 
 def make_kernel():
@@ -140,19 +139,9 @@ def test_a_batch_is_encoded_once_per_format_for_all_clients():
 
 @pytest_twisted.ensureDeferred
 async def test_the_tcp_outbox_writes_a_batch_whole_and_in_order_however_much_the_socket_takes():
-    from twisted.internet.protocol import Factory, Protocol
-
-    accepted = []
-
-    class Server(Protocol):
-        def connectionMade(self):  # noqa: N802 - Twisted API
-            accepted.append(self.transport)
-
-    port = reactor.listenTCP(0, Factory.forProtocol(Server), interface="127.0.0.1")
-    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    port, transport, client = await served_connection()
     try:
-        await until(lambda: accepted, "the connection")
-        outbox = TCPOutbox(accepted[0], 0)
+        outbox = TCPOutbox(transport, 0)
         await until(lambda: outbox.lent == 0, "the transport's first word")
         small = [Frame([bytes([n]) * 100], True) for n in range(5)]
         big = [Frame([bytes([n]) * 3_000_000], True) for n in range(5, 8)]  # more than the socket takes at once
@@ -163,21 +152,7 @@ async def test_the_tcp_outbox_writes_a_batch_whole_and_in_order_however_much_the
         frames = small + big + small
         total = sum(frame.size for frame in frames)
         assert outbox.backlog.appended == total
-        client.setblocking(False)
-        received = bytearray()
-
-        def read():
-            try:
-                while len(received) < total:
-                    chunk = client.recv(1 << 20)
-                    if not chunk:
-                        break
-                    received.extend(chunk)
-            except BlockingIOError:
-                pass
-            return len(received) == total
-
-        await until(read, "every byte")
+        received = await recv_all(client, total)
         assert received == b"".join(b"".join(bytes(p) for p in frame.pieces) for frame in frames)
     finally:
         client.close()
