@@ -72,6 +72,11 @@ class FakeKernel:
         msg["buffers"] = list(buffers)
         return self.session.serialize(msg)
 
+    async def connected(self, channels):
+        """Wait until ``channels`` finished all four handshakes and subscribed to our iopub."""
+        await until(lambda: channels.all_connected, "all four handshakes")
+        await recv_zmq(self.iopub)  # the subscription
+
     def close(self):
         for sock in (self.iopub, self.shell, *self.others):
             sock.close(linger=0)
@@ -83,8 +88,7 @@ async def test_only_correctly_signed_kernel_messages_get_through(zctx):
     kernel = FakeKernel(context)
     got = []
     channels = KernelChannels(ours, kernel.info, got.extend)
-    await until(lambda: channels.all_connected, "all four handshakes")
-    await recv_zmq(kernel.iopub)  # the subscription
+    await kernel.connected(channels)
     good = kernel.frames("display_data", {"data": {"text/plain": "x" * 100_000}}, [BIG, b""])
     forged = list(good)
     forged[1] = b"0" * 64  # the signature
@@ -411,8 +415,7 @@ async def test_a_new_connection_must_prove_the_key_again_an_impostor_on_the_port
     got = []
     channels = KernelChannels(ours, kernel.info, got.extend)
     try:
-        await until(lambda: channels.all_connected, "all four handshakes")
-        await recv_zmq(kernel.iopub)  # the subscription
+        await kernel.connected(channels)
         kernel.iopub.send_multipart([b"t", *kernel.frames("stream", {"name": "stdout", "text": "real"})])
         await until(lambda: got, "the kernel's own message")
         port = kernel.info["iopub_port"]
@@ -445,8 +448,7 @@ async def test_on_a_remote_connection_every_message_is_checked(zctx):
     channels = KernelChannels(ours, kernel.info, got.extend)
     channels._local = False  # as for a kernel on another host (tests only reach 127.0.0.0/8)
     try:
-        await until(lambda: channels.all_connected, "all four handshakes")
-        await recv_zmq(kernel.iopub)
+        await kernel.connected(channels)
         good = kernel.frames("stream", {"name": "stdout", "text": "real"})
         forged = list(kernel.frames("stream", {"name": "stdout", "text": "forged"}))
         forged[1] = b"0" * 64

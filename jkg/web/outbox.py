@@ -102,11 +102,7 @@ class Outbox:
 
     def send(self, frame) -> str | None:
         """Write ``frame`` unless the client is too slow: then why not (and nothing is written)."""
-        refused = self.refuse()
-        if refused is None:
-            self.backlog.appended += frame.size
-            self.transport.write(frame.joined())
-        return refused
+        return self.send_all((frame,))
 
     def send_all(self, frames: list) -> str | None:
         """:meth:`send` several frames, in order: all of them, or none if the client is too slow."""
