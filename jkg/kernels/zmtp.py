@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .errorlog import ProtocolErrorLog
+from .readiness import LoopReadiness, ReactorReadiness, running_loop_of
 from .zmtp_reader import ZmtpReader
 from .zmtp_wire import (CLOSED, CONNECTING, GREETING, GREETING_WAIT, IOV_MAX, MAX_QUEUED, READ_BUFFER, READY,
                         RECONNECT_FIRST, RECONNECT_MAX, WAITING, BufferPool, ProtocolError, ReadLimits,
@@ -97,6 +98,7 @@ class ZmtpConnection(ZmtpReader):
         self._out_bytes = 0  # their size, counted while the socket is full
         self._writing = False
         self._reading = False
+        self._readiness = None  # who watches the socket: chosen when it is first watched
         self._paused = False  # reading suspended (flow control)
         self._hold_call = None  # reading held back for a moment (hold_reading)
         self._buf = bytearray(READ_BUFFER)
@@ -253,25 +255,51 @@ class ZmtpConnection(ZmtpReader):
             if self._sliced:
                 self._later()
 
+    def _watch(self):
+        readiness = self._readiness
+        if readiness is None:
+            loop = running_loop_of(self._reactor)
+            if loop is None:
+                readiness = ReactorReadiness(self._reactor, self)
+            else:
+                readiness = LoopReadiness(loop, self.fileno, self._readable, self._writable)
+            self._readiness = readiness
+        return readiness
+
     def _start_reading(self) -> None:
         if not self._reading and not self._paused and self._hold_call is None:
             self._reading = True
-            self._reactor.addReader(self)
+            self._watch().start_reading()
 
     def _stop_reading(self) -> None:
         if self._reading:
             self._reading = False
-            self._reactor.removeReader(self)
+            self._readiness.stop_reading()
 
     def _start_writing(self) -> None:
         if not self._writing:
             self._writing = True
-            self._reactor.addWriter(self)
+            self._watch().start_writing()
 
     def _stop_writing(self) -> None:
         if self._writing:
             self._writing = False
-            self._reactor.removeWriter(self)
+            self._readiness.stop_writing()
+
+    def _readable(self) -> None:
+        """``doRead`` called by the asyncio loop: what would escape it drops the connection, logged."""
+        try:
+            self.doRead()
+        except Exception as error:  # noqa: BLE001 - as the reactor would: log, drop, reconnect
+            log.failure("reading from {address}", address=self._address)
+            self._lost(error)
+
+    def _writable(self) -> None:
+        try:
+            self.doWrite()
+        except Exception as error:  # noqa: BLE001 - as the reactor would
+            log.failure("writing to {address}", address=self._address)
+            self._lost(error)
 
     def doWrite(self) -> None:  # noqa: N802 - Twisted API
         sock = self._sock
