@@ -42,6 +42,30 @@ class IKernelClient(Interface):
         """
 
 
+class IClientOutbox(Interface):
+    """How frames reach one client's connection, within its backlog bound (:mod:`jkg.web.outbox`)."""
+
+    backlog = Attribute("The client's :class:`~jkg.web.outbox.Backlog`: its limit and the bytes appended so far.")
+
+    def send(frame):
+        """Write a :class:`~jkg.web.frames.Frame`, or return why not (the client is too slow)."""
+
+    def send_all(frames):
+        """Write several frames in order, all or none; why not, or None."""
+
+    def write_data(data):
+        """Write autobahn's own bytes (control frames) in order with the frames."""
+
+    def waiting():
+        """Bytes not yet known to be taken by the client's socket."""
+
+    def trim():
+        """Drop what waits that is not under way (the client is being dropped as too slow)."""
+
+    def close_when_sent():
+        """The connection is being dropped: let it close once what waits is sent; whether bytes wait."""
+
+
 class IKernelChannels(Interface):
     """One kernel's connections, as the kernel object uses them (see :mod:`jkg.kernels.channels`)."""
 

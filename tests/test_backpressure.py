@@ -12,15 +12,19 @@ import time
 import pytest
 import websocket
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from zope.interface.verify import verifyObject
 
 from jkg.kernels import flow
 from jkg.kernels import kernel as kernel_module
 from jkg.kernels.kernel import ManagedKernel
+from jkg.interfaces import IClientOutbox
 from jkg.kernels.messages import KernelMessage
 from jkg.testing import FakeChannels, FakeLaunchedKernel, RecordingClient
-from jkg.web.outbox import Backlog
+from jkg.web.frames import Frame
+from jkg.web.outbox import Backlog, TransportOutbox
 from jkg.web.ratelimit import IOPubRateLimit
-from support import GatewayProcess, stdout_of
+from support import GatewayProcess, make_certificate, stdout_of
 
 # ---------------------------------------------------------------- unit: the backlog rule
 
@@ -51,6 +55,91 @@ def test_no_limit_means_no_refusal():
     backlog = Backlog(0)
     backlog.appended = 10 ** 12
     assert backlog.check(10 ** 12) is None
+
+
+# ---------------------------------------------------------------- unit: the outbox of TLS (and other) transports
+
+
+class HTTPChannelStandIn:
+    """What twisted.web leaves registered on the transport after the WebSocket upgrade."""
+
+    def stopProducing(self):  # noqa: N802 - Twisted API
+        pass
+
+
+def transport_outbox(limit=1000):
+    transport = StringTransport()
+    transport.registerProducer(HTTPChannelStandIn(), True)
+    drained = []
+    outbox = TransportOutbox(transport, limit, lambda: drained.append(outbox.waiting()))
+    return outbox, transport, drained
+
+
+def frame(byte: bytes, size: int) -> Frame:
+    return Frame([byte * size], True)
+
+
+def test_the_transport_outbox_takes_the_producer_slot_and_writes_while_the_transport_has_room():
+    outbox, transport, _ = transport_outbox()
+    assert verifyObject(IClientOutbox, outbox)
+    assert transport.producer is outbox and transport.streaming  # a push producer: TLS would poll a pull one
+    first, second = frame(b"a", 600), frame(b"b", 600)
+    assert outbox.send(first) is None and outbox.send_all([second]) is None
+    assert transport.value() == first.joined() + second.joined()
+    assert outbox.waiting() == 0 and outbox.backlog.appended == first.size + second.size
+
+
+def test_while_the_transport_is_paused_frames_wait_whole_and_in_order_with_control_frames():
+    outbox, transport, drained = transport_outbox()
+    frames = [frame(bytes([65 + n]), 300) for n in range(3)]
+    outbox.send(frames[0])
+    outbox.pauseProducing()  # the transport's buffer passed its bufferSize
+    outbox.send(frames[1])
+    outbox.write_data(b"\x89\x00")  # autobahn's ping
+    outbox.send(frames[2])
+    assert transport.value() == frames[0].joined()
+    assert outbox.waiting() == frames[0].size + frames[1].size + 2 + frames[2].size
+    outbox.resumeProducing()  # it sent everything: what waits goes on, and flow control hears of it
+    assert transport.value() == frames[0].joined() + frames[1].joined() + b"\x89\x00" + frames[2].joined()
+    assert drained == [0] and outbox.waiting() == 0
+
+
+def test_a_client_whose_transport_stays_paused_is_refused_and_one_that_reads_is_not():
+    outbox, transport, _ = transport_outbox(limit=1000)
+    outbox.send(frame(b"x", 700))
+    outbox.pauseProducing()
+    refusals = [outbox.send(frame(b"y", 400)) for _ in range(6)]
+    assert refusals[:3] == [None] * 3
+    assert refusals[-1] == "client too slow: outgoing buffer over 1000 bytes and not read"
+    written = len(transport.value())
+    assert outbox.send(frame(b"z", 10)) is not None and len(transport.value()) == written  # nothing written
+
+    reader, transport, _ = transport_outbox(limit=1000)
+    for _ in range(20):  # it falls behind by a frame each time, and the transport keeps sending
+        reader.pauseProducing()
+        assert reader.send(frame(b"y", 400)) is None
+        reader.resumeProducing()
+    assert len(transport.value()) == 20 * frame(b"y", 400).size
+
+
+def test_trim_drops_what_waits_and_the_close_frame_goes_after_what_was_handed_over():
+    outbox, transport, _ = transport_outbox()
+    outbox.send(frame(b"a", 100))
+    outbox.pauseProducing()
+    outbox.send(frame(b"b", 100))
+    outbox.trim()
+    outbox.write_data(b"\x88\x02\x0f\xa8")  # the close frame (4008)
+    assert outbox.close_when_sent()  # the close frame still waits: the producer stays registered
+    assert transport.producer is outbox
+    outbox.resumeProducing()
+    assert transport.value() == frame(b"a", 100).joined() + b"\x88\x02\x0f\xa8"
+    assert transport.producer is None  # handed over: now the transport (TLS) may shut down
+
+
+def test_closing_with_nothing_waiting_lets_the_transport_close_at_once():
+    outbox, transport, _ = transport_outbox()
+    outbox.send(frame(b"a", 100))
+    assert not outbox.close_when_sent() and transport.producer is None
 
 
 # ---------------------------------------------------------------- unit: replay of dropped slow sessions
@@ -288,10 +377,39 @@ FLOOD = (f"import time\nfrom IPython.display import display\n_s = 'x' * {CHUNK}\
          f"for i in range({OUTPUTS}):\n    display({{'text/plain': _s}}, raw=True)\n    time.sleep(0.01)\n")
 
 
-@pytest.fixture(scope="module")
-def small_buffers():
-    with GatewayProcess("--client-buffer-limit", str(LIMIT)) as gateway:
-        yield gateway
+class TLSGatewayProcess(GatewayProcess):
+    """A gateway serving HTTPS and WSS with a certificate of a throwaway CA; its clients trust that CA."""
+
+    def __init__(self, directory, *args: str):
+        ca = make_certificate(directory, "ca")
+        server = make_certificate(directory, "server", issuer=ca, ca=False)
+        super().__init__(*args, env={"KG_CERTFILE": str(server[0]), "KG_KEYFILE": str(server[1])})
+        self.ca = str(ca[0])
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"wss://127.0.0.1:{self.port}"
+
+    def request(self, method, path, **kwargs):
+        return super().request(method, path, verify=self.ca, **kwargs)
+
+    def connect(self, kernel_id, session_id=None, v1=False, **kwargs):
+        return super().connect(kernel_id, session_id, v1, sslopt={"ca_certs": self.ca}, **kwargs)
+
+
+def gateway_over(transport: str, directory, *args: str) -> GatewayProcess:
+    return TLSGatewayProcess(directory, *args) if transport == "tls" else GatewayProcess(*args)
+
+
+@pytest.fixture(scope="module", params=["tcp", "tls"])
+def small_buffers(request, tmp_path_factory):
+    """Plain TCP clients go through the TCP outbox, TLS ones through the transport outbox."""
+    with gateway_over(request.param, tmp_path_factory.mktemp("certs"), "--client-buffer-limit", str(LIMIT)) as gw:
+        yield gw
 
 
 def test_a_stalled_client_is_dropped_and_the_others_get_everything(small_buffers):
@@ -335,13 +453,22 @@ def _rss_mib(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-def test_a_slow_reader_alone_holds_the_kernel_back(gateway):
+@pytest.fixture(scope="module")
+def tls_gateway(tmp_path_factory):
+    with TLSGatewayProcess(tmp_path_factory.mktemp("certs")) as gateway:
+        yield gateway
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_a_slow_reader_alone_holds_the_kernel_back(request, transport):
     """iopub flow control end to end: the kernel makes 96 MB at once, its one client reads ~20 MB/s.
 
     The kernel's output waits in its sockets from 8 MB behind and flows again as the client's socket
     takes each slice (its writer reports it: nothing polls), so the client gets everything and the
-    gateway never holds more than a few MB of it (without flow control: most of the 96 MB).
+    gateway never holds more than a few MB of it (without flow control: most of the 96 MB).  Over TLS
+    the transport says so through the push producer API.
     """
+    gateway = request.getfixturevalue("gateway" if transport == "tcp" else "tls_gateway")
     kernel = gateway.start_kernel()
     outputs, size = 96, 1024 * 1024
     pid = gateway.process.pid

@@ -367,6 +367,9 @@ async def test_the_tcp_outbox_hears_from_the_transport_when_its_backlog_is_sent(
     each slice went out, the outbox sends on and reports it -- nothing polls -- and every byte arrives
     in order."""
 
+    from zope.interface.verify import verifyObject
+
+    from jkg.interfaces import IClientOutbox
     from jkg.web.frames import Frame
     from jkg.web.outbox import TCPOutbox
 
@@ -374,6 +377,7 @@ async def test_the_tcp_outbox_hears_from_the_transport_when_its_backlog_is_sent(
     try:
         drained = []
         outbox = TCPOutbox(transport, 0, lambda: drained.append(outbox.waiting()))
+        assert verifyObject(IClientOutbox, outbox)
         await until(lambda: outbox.lent == 0, "the transport's first word")
         frames = [Frame([bytes([n]) * 1_000_000], True) for n in range(8)]
         for frame in frames:

@@ -30,7 +30,7 @@ from ..interfaces import IKernelClient
 from .client_frames import (autobahn_between_frames, autobahn_refuse_message, autobahn_traffic_seen,
                             whole_data_frames)
 from .frames import Frame, FrameCache, encode_legacy_frame, encode_v1_frame
-from .outbox import Outbox, TCPOutbox
+from .outbox import TCPOutbox, TransportOutbox
 from .partial import PartialBudget
 from .ratelimit import IOPubRateLimit, warning_message
 
@@ -93,7 +93,7 @@ class ChannelsProtocol(WebSocketServerProtocol):
         self.kernel = None
         #: non-zero once disconnected for being too slow: the buffer limit it went over
         self.dropped_as_slow = 0
-        self._outbox: Outbox | None = None  # set when the WebSocket opens
+        self._outbox = None  # an IClientOutbox, set when the WebSocket opens
         self._rate_limit: IOPubRateLimit | None = None
         self._abort_call = None
         self._frames = None  # the factory's FrameCache, once built
@@ -110,7 +110,7 @@ class ChannelsProtocol(WebSocketServerProtocol):
         if isinstance(transport, tcp.Connection) and not transport.TLS:
             self._outbox = TCPOutbox(transport, limit, self._drained)
         else:
-            self._outbox = Outbox(transport, limit)
+            self._outbox = TransportOutbox(transport, limit, self._drained)
         limits = self.factory.rate_limits
         if limits is not None:
             self._rate_limit = IOPubRateLimit(*limits)
@@ -246,7 +246,7 @@ class ChannelsProtocol(WebSocketServerProtocol):
     def sendData(self, data, sync=False, chopsize=None):  # noqa: N802 - autobahn API
         """autobahn's own writes (pings, close) once open: through the outbox, in order with the frames."""
         outbox = self._outbox
-        if isinstance(outbox, TCPOutbox):
+        if outbox is not None:
             outbox.write_data(data)
         else:
             super().sendData(data, sync, chopsize)
@@ -255,8 +255,7 @@ class ChannelsProtocol(WebSocketServerProtocol):
         """The transport closes once the outbox has sent what is queued (the close frame last),
         unless the peer stops reading: then it is aborted after :data:`SLOW_CLOSE_TIMEOUT` seconds."""
         outbox = self._outbox
-        if (not abort and isinstance(outbox, TCPOutbox) and (outbox.queue or outbox.lent)
-                and self._abort_call is None):
+        if not abort and outbox is not None and outbox.close_when_sent() and self._abort_call is None:
             self._abort_call = self.factory.reactor.callLater(SLOW_CLOSE_TIMEOUT, self._abort)
         super().dropConnection(abort)
 
@@ -287,11 +286,9 @@ class ChannelsProtocol(WebSocketServerProtocol):
         self.dropped_as_slow = limit
         metrics.slow_client_disconnected()
         self._detach()
-        outbox = self._outbox
-        if isinstance(outbox, TCPOutbox):
-            outbox.trim()  # free the backlog now; the close frame follows the frame under way
-            # little is left waiting: give the client time to read the reason before the drop
-            self.closeHandshakeTimeout = SLOW_CLOSE_TIMEOUT
+        self._outbox.trim()  # free the backlog now; the close frame follows the frame under way
+        # little is left waiting: give the client time to read the reason before the drop
+        self.closeHandshakeTimeout = SLOW_CLOSE_TIMEOUT
         self.sendClose(CLOSE_TOO_SLOW, reason)
 
     def disconnect(self, code: int, reason: str) -> None:

@@ -3,9 +3,11 @@
 When nothing is waiting in the connection's buffer, a frame is written to the
 socket at once (``send``/``sendmsg``) instead of taking a turn of the reactor
 through Twisted's write buffer; only what the socket does not take is
-buffered (:class:`TCPOutbox`; TLS and other transports always go through the
-transport, :class:`Outbox`).  Every client has a bounded backlog
-(:class:`Backlog`): one that stops reading is disconnected (code 4008, by
+buffered (:class:`TCPOutbox`).  TLS and other transports are written through
+the transport (:class:`TransportOutbox`).  Both learn what the client's socket
+took only from Twisted's public producer API, never from the transport's
+internals.  Every client has a bounded backlog (:class:`Backlog`): one that
+stops reading is disconnected (code 4008, by
 :class:`~jkg.web.channels.ChannelsProtocol`) and the kernel keeps its
 session's output for replay.  A client that stops reading thus never makes
 memory grow without bound nor slows anyone else.
@@ -14,32 +16,11 @@ from __future__ import annotations
 
 from collections import deque
 
-from twisted.internet.interfaces import IPullProducer
+from twisted.internet.interfaces import IPullProducer, IPushProducer
 from zope.interface import implementer
 
+from ..interfaces import IClientOutbox
 from .frames import MAX_PIECES
-
-
-
-def _bytes_in_twisted_buffer(transport) -> int | None:
-    """Bytes written to ``transport`` (or the TCP connection under its TLS) that its socket has not taken.
-
-    The one adapter onto Twisted's internals, kept for transports jkg does not
-    write to itself (TLS): Twisted has no public "bytes waiting" accessor, and
-    without one a client behind TLS that stops reading could not be bounded.
-    ``FileDescriptor`` keeps those bytes in ``dataBuffer`` (from ``offset``)
-    and ``_tempDataBuffer`` (of length ``_tempDataLen``), the same since
-    Twisted 8.  ``None`` when no such descriptor is found (then no bound).
-    Plain TCP needs none of this: :class:`TCPOutbox` counts what it lends the
-    transport and learns from the public producer API when it was all sent.
-    """
-    for _ in range(4):
-        if transport is None:
-            return None
-        if hasattr(transport, "dataBuffer") and hasattr(transport, "_tempDataLen"):
-            return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-        transport = getattr(transport, "transport", None)
-    return None
 
 
 class Backlog:
@@ -81,41 +62,8 @@ class Backlog:
         return None
 
 
-class Outbox:
-    """Writes one client's frames through its transport's own buffer (TLS and other transports).
-
-    ``on_drain`` is for what the TCP writer reports (its socket took part of
-    the backlog); here, with no producer of its own, it is never called.
-    """
-
-    def __init__(self, transport, limit: int, on_drain=lambda: None):
-        self.transport = transport
-        self.backlog = Backlog(limit)
-
-    def waiting(self) -> int:
-        return _bytes_in_twisted_buffer(self.transport) or 0
-
-    def refuse(self) -> str | None:
-        """Why no more may be written to this client (it is too slow), or ``None``."""
-        waiting = _bytes_in_twisted_buffer(self.transport)
-        return self.backlog.check(waiting) if waiting is not None else None
-
-    def send(self, frame) -> str | None:
-        """Write ``frame`` unless the client is too slow: then why not (and nothing is written)."""
-        return self.send_all((frame,))
-
-    def send_all(self, frames: list) -> str | None:
-        """:meth:`send` several frames, in order: all of them, or none if the client is too slow."""
-        refused = self.refuse()
-        if refused is None:
-            for frame in frames:
-                self.backlog.appended += frame.size
-                self.transport.write(frame.joined())
-        return refused
-
-
-@implementer(IPullProducer)
-class TCPOutbox(Outbox):
+@implementer(IPullProducer, IClientOutbox)
+class TCPOutbox:
     """Writes one client's frames straight to its TCP socket, without copying them.
 
     When nothing is waiting, frames go to the socket at once (``send`` or,
@@ -133,7 +81,8 @@ class TCPOutbox(Outbox):
     """
 
     def __init__(self, transport, limit: int, on_drain=lambda: None):
-        super().__init__(transport, limit)
+        self.transport = transport
+        self.backlog = Backlog(limit)
         self._socket = transport.getHandle()
         self._on_drain = on_drain
         self.queue: deque = deque()  # bytes-likes not yet handed to the socket or transport
@@ -156,13 +105,10 @@ class TCPOutbox(Outbox):
         """Bytes not known to be taken by the socket (what the transport holds counts in full)."""
         return self.queued + abs(self.lent)
 
-    def refuse(self) -> str | None:
-        if not self.queued and not self.lent:
-            return None
-        return self.backlog.check(self.waiting())
-
     def send(self, frame) -> str | None:
-        """:meth:`Outbox.send` in one call (the path of every message to every client)."""
+        """Write ``frame`` unless the client is too slow: then why not (and nothing is written).
+
+        One call, no helpers: the path of every message to every client."""
         backlog = self.backlog
         size = frame.size
         start = backlog.appended
@@ -188,7 +134,8 @@ class TCPOutbox(Outbox):
         return None
 
     def send_all(self, frames: list) -> str | None:
-        """:meth:`Outbox.send_all` with one ``sendmsg`` for all the frames (one wake-up of the client)."""
+        """:meth:`send` several frames, in order, with one ``sendmsg`` (one wake-up of the client):
+        all of them, or none if the client is too slow."""
         backlog = self.backlog
         start = position = backlog.appended
         spans = self._spans
@@ -346,4 +293,126 @@ class TCPOutbox(Outbox):
     def stopProducing(self) -> None:  # noqa: N802 - Twisted API
         self.queue.clear()
         self._spans.clear()
+        self.queued = 0
+
+    def close_when_sent(self) -> bool:
+        """The connection is being dropped; whether bytes still wait to go out.
+
+        Nothing to do here: while this pull producer is registered the
+        transport waits for it, and :meth:`resumeProducing` lets it close once
+        the last slice went out.
+        """
+        return bool(self.queue or self.lent)
+
+
+@implementer(IPushProducer, IClientOutbox)
+class TransportOutbox:
+    """Writes one client's frames through its transport: TLS, and any transport but a plain TCP socket.
+
+    What waits in the transport is not ours to look into.  This object is the
+    transport's *push* producer (Twisted's public consumer API; a pull
+    producer would be polled without end by TLS's ``_PullToPush``): the
+    transport pauses it once its buffer passes its ``bufferSize`` and resumes
+    it once the buffer is empty.  Frames go to the transport whole while it is
+    not paused; while it is paused they wait here, whole, so the backlog is
+    what waits here plus what was handed over since the transport last had
+    room (``lent``; what it held before that is under its ``bufferSize``,
+    64 KiB, and not counted).  Each resume is progress the :class:`Backlog`
+    sees, and is reported to ``on_drain`` (iopub flow control waits for it).
+    autobahn's own writes (:meth:`write_data`) queue behind the frames, so the
+    stream stays in order.  After ``loseConnection``, TLS writes only while a
+    producer is registered, so this one stays until the queue is handed over.
+    """
+
+    def __init__(self, transport, limit: int, on_drain=lambda: None):
+        self.transport = transport
+        self.backlog = Backlog(limit)
+        self._on_drain = on_drain
+        self.queue: deque = deque()  # whole frames (and control frames) not yet handed to the transport
+        self.queued = 0
+        self.lent = 0
+        self.paused = False
+        self._closing = False
+        try:
+            transport.registerProducer(self, True)
+        except RuntimeError:
+            # twisted.web's HTTPChannel stays registered after the upgrade (the
+            # consumer API refuses a second producer rather than saying who it has)
+            transport.unregisterProducer()
+            transport.registerProducer(self, True)
+
+    def waiting(self) -> int:
+        """Bytes waiting here, plus what the transport took since it last had room (if it has none now)."""
+        return self.queued + self.lent if self.paused else self.queued
+
+    def refuse(self) -> str | None:
+        """Why no more may be written to this client (it is too slow), or ``None``."""
+        if not self.paused:
+            return None
+        return self.backlog.check(self.queued + self.lent)
+
+    def send(self, frame) -> str | None:
+        """Write ``frame`` unless the client is too slow: then why not (and nothing is written)."""
+        return self.send_all((frame,))
+
+    def send_all(self, frames) -> str | None:
+        """:meth:`send` several frames, in order: all of them, or none if the client is too slow."""
+        refused = self.refuse()
+        if refused is None:
+            for frame in frames:
+                self._hand(frame.joined())
+        return refused
+
+    def write_data(self, data: bytes) -> None:
+        """Bytes from autobahn (control frames), in order with the frames."""
+        self._hand(data)
+
+    def _hand(self, data) -> None:
+        size = len(data)
+        self.backlog.appended += size
+        if self.paused:
+            self.queue.append(data)
+            self.queued += size
+            return
+        self.lent = size  # it had room: what it held is under its bufferSize
+        self.transport.write(data)  # (may pause this producer before it returns)
+
+    def trim(self) -> None:
+        """Drop every queued frame (none is under way: frames are handed over whole)."""
+        self.backlog.appended -= self.queued
+        self.queue.clear()
+        self.queued = 0
+
+    def close_when_sent(self) -> bool:
+        """The connection is being dropped: let it close once the queue is handed over (now if empty).
+
+        :returns: whether bytes still wait here.
+        """
+        self._closing = True
+        if self.queue:
+            return True
+        self.transport.unregisterProducer()
+        return False
+
+    # -- IPushProducer
+    def pauseProducing(self) -> None:  # noqa: N802 - Twisted API
+        self.paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802 - Twisted API
+        """The transport sent all it held: hand it what waits here until it pauses again."""
+        self.paused = False
+        self.lent = 0
+        queue, transport = self.queue, self.transport
+        while queue and not self.paused:
+            data = queue.popleft()
+            self.queued -= len(data)
+            self.lent = len(data)
+            transport.write(data)
+        if self._closing and not queue:
+            self._closing = False
+            transport.unregisterProducer()
+        self._on_drain()
+
+    def stopProducing(self) -> None:  # noqa: N802 - Twisted API
+        self.queue.clear()
         self.queued = 0
