@@ -54,7 +54,8 @@ class IClientOutbox(Interface):
         """Write several frames in order, all or none; why not, or None."""
 
     def write_data(data):
-        """Write autobahn's own bytes (control frames) in order with the frames."""
+        """Write autobahn's own bytes (control frames) in order with the frames; then why the client
+        is too slow, or None."""
 
     def waiting():
         """Bytes not yet known to be taken by the client's socket."""

@@ -446,6 +446,24 @@ def test_a_stalled_client_is_dropped_and_the_others_get_everything(small_buffers
         gateway.request("DELETE", f"/api/kernels/{kernel['id']}")
 
 
+def test_a_client_that_pings_and_never_reads_the_pongs_is_dropped(small_buffers):
+    """Every ping is answered; a client that never reads the answers is bounded like one that never
+    reads its output (before, the pongs waited without bound)."""
+    gateway = small_buffers
+    kernel = gateway.start_kernel()
+    try:
+        pinger = gateway.connect(kernel["id"], v1=True)
+        for _ in range(200_000):  # 25 MB of pongs: over the limit twice even with full socket buffers
+            pinger.ws.ping(b"p" * 125)
+        code, reason, _ = _close_code(pinger, limit_frames=400_000)
+        assert code == 4008 and reason.startswith("client too slow")
+        pinger.close()
+        with gateway.connect(kernel["id"]) as other:  # everyone else is served
+            assert stdout_of(other.run("print('fine')")) == "fine\n"
+    finally:
+        gateway.request("DELETE", f"/api/kernels/{kernel['id']}")
+
+
 def _rss_mib(pid: int) -> float:
     for line in open(f"/proc/{pid}/status").read().splitlines():
         if line.startswith("VmRSS:"):

@@ -246,10 +246,13 @@ class ChannelsProtocol(WebSocketServerProtocol):
     def sendData(self, data, sync=False, chopsize=None):  # noqa: N802 - autobahn API
         """autobahn's own writes (pings, close) once open: through the outbox, in order with the frames."""
         outbox = self._outbox
-        if outbox is not None:
-            outbox.write_data(data)
-        else:
+        if outbox is None:
             super().sendData(data, sync, chopsize)
+            return
+        refused = outbox.write_data(data)
+        # pongs pile up for a client that pings and never reads (once: the close frame comes this way too)
+        if refused is not None and self.state == _OPEN and not self.dropped_as_slow:
+            self._too_slow(outbox.backlog.limit, refused)
 
     def dropConnection(self, abort=False):  # noqa: N802 - autobahn API
         """The transport closes once the outbox has sent what is queued (the close frame last),

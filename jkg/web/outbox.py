@@ -166,10 +166,14 @@ class TCPOutbox:
             self._lend()
         return None
 
-    def write_data(self, data: bytes) -> None:
-        """Bytes from autobahn (control frames), in order with the frames."""
+    def write_data(self, data: bytes) -> str | None:
+        """Bytes from autobahn (control frames), in order with the frames: always written (a close
+        frame must go), then why the client is too slow, or ``None`` (a client that sends pings
+        and never reads the pongs is bounded like one that does not read its output)."""
         self.backlog.appended += len(data)
-        self._write((data,), len(data))
+        if self._write((data,), len(data)):
+            return self.backlog.check(self.waiting())
+        return None
 
     def _write(self, pieces, size: int) -> bool:
         """Send or queue; whether anything was queued."""
@@ -363,9 +367,11 @@ class TransportOutbox:
                 self._hand(frame.joined())
         return refused
 
-    def write_data(self, data: bytes) -> None:
-        """Bytes from autobahn (control frames), in order with the frames."""
+    def write_data(self, data: bytes) -> str | None:
+        """Bytes from autobahn (control frames), in order with the frames: always written, then
+        why the client is too slow, or ``None`` (as :meth:`TCPOutbox.write_data`)."""
         self._hand(data)
+        return self.refuse()
 
     def _hand(self, data) -> None:
         size = len(data)
