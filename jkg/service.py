@@ -225,7 +225,7 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     def tenants_reloaded(table):
         for protocols in list(ws_factory.connections.protocols.values()):
             for protocol in list(protocols):
-                if revoked(getattr(protocol, "credential", None), protocol.tenant, table):
+                if revoked(protocol.credential, protocol.tenant, table):
                     protocol.sendClose(CLOSE_REVOKED, "credentials revoked")
 
     tenants = (TenantsService(config.tenants, reactor, tenants_removed, tenants_reloaded)
