@@ -104,7 +104,7 @@ class GatewaySite(Site):
 
     def __init__(self, resource, guard=None, access_log=None, **kwargs):
         super().__init__(resource, requestFactory=GuardedRequest, **kwargs)
-        self.guard = guard
+        self.guard = guard  # a ConnectionGuard, or None: no limits (every GuardedRequest reads it)
         self.access_log = access_log
 
     def buildProtocol(self, addr):  # noqa: N802 - Twisted API
