@@ -203,8 +203,9 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
                                ProtocolErrorLog(reactor, config.protocol_error_log_interval))
     sandboxes, base_profile = make_sandboxes(config)
 
-    def connect(connection_info, on_messages):
-        return KernelChannels(zmq_factory, connection_info, on_messages, iopub_hold=config.iopub_batch_ms / 1000)
+    def connect(connection_info, on_messages, label):
+        return KernelChannels(zmq_factory, connection_info, on_messages, iopub_hold=config.iopub_batch_ms / 1000,
+                              label=label)
 
     specs = KernelSpecs()
     engines.apply(config)  # before any gateway_provisioners module reads its settings
