@@ -48,6 +48,10 @@ class GatewayService(MultiService):
     be closed once every kernel (including one still starting) is gone.
     """
 
+    #: the :class:`Gateway` whose service this is, set by :func:`make_gateway_service`
+    #: (for twistd's :class:`jkg.logs.LoggedService`, embedders and tests)
+    gateway: Gateway | None = None
+
     @inlineCallbacks
     def stopService(self):  # noqa: N802 - Twisted API
         Service.stopService(self)
