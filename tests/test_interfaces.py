@@ -5,6 +5,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from zope.interface.verify import verifyObject
 
+from jkg.auth.realm import ANONYMOUS_TENANT, DEFAULT, ITenant, Tenant
 from jkg.config import GatewayConfig
 from jkg.interfaces import (IAttachedKernel, IKernel, IKernelChannels, IKernelClient, IKernelRegistry,
                             ILaunchedKernel)
@@ -45,6 +46,8 @@ def test_the_real_implementations_keep_the_contracts():
     assert verifyObject(ILaunchedKernel, ExternalKernel(INFO, Clock()))
     kernel = ManagedKernel("k", "python3", FakeLaunchedKernel(), FakeChannels, Clock(), 1000)
     assert verifyObject(IAttachedKernel, kernel)
+    for tenant in (ANONYMOUS_TENANT, DEFAULT, Tenant("alice", max_kernels=2, named=True)):
+        assert verifyObject(ITenant, tenant)
     registry = FakeRegistry()
     fake = FakeKernel()
     registry.kernels[fake.id] = fake
