@@ -75,11 +75,15 @@ def make_observer(level: str, log_format: str, twistd_options, max_files: int = 
 
 
 class LoggedService(MultiService):
-    """The gateway's service under twistd: installs the log observer on its application."""
+    """The gateway's service under twistd: installs the log observer on its application.
+
+    :param service: the :class:`jkg.service.GatewayService` (its ``gateway``
+        is kept here too, for whoever holds this outer service).
+    """
 
     def __init__(self, service, observer):
         super().__init__()
-        self.gateway = getattr(service, "gateway", None)
+        self.gateway = service.gateway
         self._observer = observer
         service.setServiceParent(self)
 

@@ -48,6 +48,10 @@ class GatewayService(MultiService):
     be closed once every kernel (including one still starting) is gone.
     """
 
+    #: the :class:`Gateway` whose service this is, set by :func:`make_gateway_service`
+    #: (for twistd's :class:`jkg.logs.LoggedService`, embedders and tests)
+    gateway: Gateway | None = None
+
     @inlineCallbacks
     def stopService(self):  # noqa: N802 - Twisted API
         Service.stopService(self)
@@ -203,8 +207,9 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
                                ProtocolErrorLog(reactor, config.protocol_error_log_interval))
     sandboxes, base_profile = make_sandboxes(config)
 
-    def connect(connection_info, on_messages):
-        return KernelChannels(zmq_factory, connection_info, on_messages, iopub_hold=config.iopub_batch_ms / 1000)
+    def connect(connection_info, on_messages, label):
+        return KernelChannels(zmq_factory, connection_info, on_messages, iopub_hold=config.iopub_batch_ms / 1000,
+                              label=label)
 
     specs = KernelSpecs()
     engines.apply(config)  # before any gateway_provisioners module reads its settings
@@ -225,7 +230,7 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     def tenants_reloaded(table):
         for protocols in list(ws_factory.connections.protocols.values()):
             for protocol in list(protocols):
-                if revoked(getattr(protocol, "credential", None), protocol.tenant, table):
+                if revoked(protocol.credential, protocol.tenant, table):
                     protocol.sendClose(CLOSE_REVOKED, "credentials revoked")
 
     tenants = (TenantsService(config.tenants, reactor, tenants_removed, tenants_reloaded)

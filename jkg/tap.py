@@ -94,6 +94,11 @@ def install_asyncio_reactor():
 
 
 def makeService(options):  # noqa: N802 - twistd API
+    """The gateway service for parsed :class:`Options`.
+
+    ``options.parent`` (declared by ``usage.Options``, ``None`` by default) is
+    twistd's own options when twistd calls this: then jkg sets up logging.
+    """
     cli = {option.name: options.get(option.cli) for option in OPTIONS}
     for option in OPTIONS:
         if option.flag:
@@ -124,7 +129,7 @@ def makeService(options):  # noqa: N802 - twistd API
         service = make_gateway_service(config, reactor)
     except (ConfigError, ListenError, TenantsFileError, SeedError, StateDatabaseInUse, ValueError, OSError) as error:
         _fail(str(error))
-    twistd_options = getattr(options, "parent", None)
+    twistd_options = options.parent
     if twistd_options is None:  # makeService called directly, not by twistd: logging is the caller's
         return service
     from .logs import LoggedService, make_observer

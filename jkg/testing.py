@@ -52,9 +52,10 @@ class RecordingClient:
 class FakeChannels:
     """Records what would have been signed and sent to the kernel."""
 
-    def __init__(self, connection_info=None, on_messages=None):
+    def __init__(self, connection_info=None, on_messages=None, label=""):
         self.connection_info = connection_info
         self.on_messages = on_messages
+        self.label = label  # the kernel's id, as ManagedKernel passes it
         self.sent: list[tuple[str, list]] = []
         self.closed = False
         self.all_connected = True

@@ -5,6 +5,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from zope.interface.verify import verifyObject
 
+from jkg.auth.realm import ANONYMOUS_TENANT, DEFAULT, ITenant, Tenant
 from jkg.config import GatewayConfig
 from jkg.interfaces import (IAttachedKernel, IKernel, IKernelChannels, IKernelClient, IKernelRegistry,
                             ILaunchedKernel)
@@ -45,8 +46,22 @@ def test_the_real_implementations_keep_the_contracts():
     assert verifyObject(ILaunchedKernel, ExternalKernel(INFO, Clock()))
     kernel = ManagedKernel("k", "python3", FakeLaunchedKernel(), FakeChannels, Clock(), 1000)
     assert verifyObject(IAttachedKernel, kernel)
+    for tenant in (ANONYMOUS_TENANT, DEFAULT, Tenant("alice", max_kernels=2, named=True)):
+        assert verifyObject(ITenant, tenant)
     registry = FakeRegistry()
     fake = FakeKernel()
     registry.kernels[fake.id] = fake
     assert verifyObject(IKernelClient, ChannelsFactory(registry, GatewayConfig(), Clock()).build(fake.id, "s"))
     assert verifyObject(IKernelClient, KernelRunner(registry, fake.id))
+
+
+def test_channels_are_labelled_with_the_kernel_id_the_kernel_passes():
+    """``connect(connection_info, on_messages, label)``: logs name the kernel by its id, else by its shell address."""
+    kernel = ManagedKernel("k1", "python3", FakeLaunchedKernel(), FakeChannels, Clock(), 1000)
+    assert kernel.channels.label == "k1"
+    zmq = make_factory(MemoryReactorClock())
+    try:
+        assert KernelChannels(zmq, INFO, lambda messages: None, label="k1").label == "k1"
+        assert KernelChannels(zmq, INFO, lambda messages: None).label == "tcp://127.0.0.1:1"
+    finally:
+        zmq.shutdown()

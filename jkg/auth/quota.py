@@ -55,6 +55,7 @@ class ConnectionCounter:
 
     def __init__(self):
         self.open: dict[str, int] = {}
+        #: tenant name -> its open WebSockets (jkg.web.channels.ChannelsProtocol: ``tenant``, ``credential``)
         self.protocols: dict[str, set] = {}
 
     def reserve(self, tenant: str, limit: int | None):

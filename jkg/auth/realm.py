@@ -7,14 +7,36 @@ from typing import Callable
 from twisted.cred.checkers import ANONYMOUS
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from .checkers import DEFAULT_TENANT, GatewayChecker, OpenChecker
 from .tenants import TenantTable
 
 
 class ITenant(Interface):
-    """Who is calling: kernel-side code receives this, never a credential."""
+    """Who is calling: kernel-side code receives this, never a credential.
+
+    Everything the gateway reads of a tenant is declared here, so an avatar
+    from another realm must have all of it (:class:`Tenant` is jkg's).
+    """
+
+    name = Attribute("The tenant's name: owner of its kernels, key of its quotas.")
+    admin = Attribute("Whether it may see and manage every tenant's kernels.")
+    named = Attribute("True for tenants from the tenants file (their kernels get KERNEL_USERNAME, their admins "
+                      "see owners); False for the shared-token and anonymous ones.")
+    max_kernels = Attribute("Most kernels it may hold at once; None: no limit of its own.")
+    max_connections = Attribute("Most WebSockets it may have open at once; None: no limit of its own.")
+    kernelspecs = Attribute("The kernelspec names it may start, a tuple; None: any.")
+    sees_owners = Attribute("Whether listings show it who owns each kernel and session.")
+
+    def may_use(owner):  # noqa: N805 - zope.interface methods take no self
+        """Whether it may use a kernel or session owned by ``owner`` (a tenant name or None)."""
+
+    def may_start(kernel_name):  # noqa: N805 - zope.interface methods take no self
+        """Whether it may start kernelspec ``kernel_name``."""
+
+    def default_kernel(gateway_default):  # noqa: N805 - zope.interface methods take no self
+        """The kernelspec it gets when it names none."""
 
 
 @implementer(ITenant)

@@ -71,10 +71,12 @@ class KernelChannels:
     :param iopub_hold: seconds iopub is left unread after each read while
         the kernel streams output (``--iopub-batch-ms``; 0: never), see
         :mod:`jkg.kernels.pacing`.
+    :param label: names the kernel in logs (the kernel passes its id);
+        empty: the shell address.
     """
 
     def __init__(self, zmq_context: ZmqContext, connection_info: dict,
-                 on_messages: Callable[[list], None], iopub_hold: float = 0.0):
+                 on_messages: Callable[[list], None], iopub_hold: float = 0.0, label: str = ""):
         key = connection_info.get("key", b"")
         if isinstance(key, str):
             key = key.encode("ascii")
@@ -84,9 +86,8 @@ class KernelChannels:
         self._pacer = IopubPacer(hold=iopub_hold) if iopub_hold > 0 else None
         self._local = is_local_connection(connection_info)
         self._proven: set[str] = set()  # channels whose current connection showed it holds the key
-        #: names the kernel in logs: its id when ``on_messages`` is a kernel's method, else its shell address
-        self.label = str(getattr(getattr(on_messages, "__self__", None), "id", "") or
-                         _address(connection_info, "shell"))
+        #: names the kernel in logs: the ``label`` given (its id), else its shell address
+        self.label = label or _address(connection_info, "shell")
         self.identity = uuid.uuid4().hex.encode("ascii")
         self._zmq = zmq_context
         self._info = connection_info

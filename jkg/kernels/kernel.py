@@ -38,8 +38,9 @@ class ManagedKernel:
     """State and message routing for one kernel.
 
     :param launched: the :class:`jkg.kernels.launcher.LaunchedKernel`.
-    :param connect: ``connect(connection_info, on_messages)`` makes the
-        kernel's :class:`jkg.kernels.channels.KernelChannels`.
+    :param connect: ``connect(connection_info, on_messages, label)`` makes the
+        kernel's :class:`jkg.kernels.channels.KernelChannels`; ``label`` is
+        the kernel's id, which names it in the channels' logs.
     """
 
     def __init__(self, kernel_id: str, name: str, launched, connect: Callable, clock,
@@ -70,7 +71,7 @@ class ManagedKernel:
         self._quiet: set[str] = set()  # the gateway's own requests: their iopub stays private
         self._iopub_seen = False
         self._readiness_check: Callable[[], None] | None = None
-        self.channels = connect(launched.connection_info, self._on_messages)
+        self.channels = connect(launched.connection_info, self._on_messages, kernel_id)
 
     # -- life and death: the registry reports, the kernel keeps its own state ----
     def became_ready(self) -> None:
@@ -301,7 +302,7 @@ class ManagedKernel:
         self._pending.clear()
         self._internal.clear()
         self._iopub_seen = False
-        self.channels = self._connect(self.launched.connection_info, self._on_messages)
+        self.channels = self._connect(self.launched.connection_info, self._on_messages, self.id)
 
     def wait_ready(self, timeout: float, channel: str = "shell") -> Deferred:
         """Fire once the kernel answers ``kernel_info`` and iopub is flowing.

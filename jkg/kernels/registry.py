@@ -38,7 +38,8 @@ class KernelRegistry(KernelRecords, Service):
     """Kernels by id.
 
     :param launcher: a :class:`jkg.kernels.launcher.KernelLauncher`.
-    :param connect: ``connect(connection_info, on_messages)`` making channels.
+    :param connect: ``connect(connection_info, on_messages, label)`` making channels
+        (see :class:`jkg.kernels.kernel.ManagedKernel`).
     :param config: the :class:`jkg.config.GatewayConfig`.
     :param clock: an ``IReactorTime`` (the reactor, or a ``task.Clock``).
     """

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..auth.realm import Tenant
 from ..errors import Forbidden, GatewayError
 from .annotations import Endpoint, NotebookAPI
 from .bundle import assignment, combinable, headers_dict, parse_body, path_params, query_args, request_bundle
@@ -58,7 +59,7 @@ class HttpRequest:
     headers: list  # [(name, value)] as str, in arrival order
     body: bytes
     content_type: str | None
-    tenant: object = None
+    tenant: Tenant | None = None  # who logged in (jkg.web.login); None when called without a login
 
 
 class NotebookApp:
@@ -103,8 +104,9 @@ class NotebookApp:
         if tenant is not None and self.api.kernel_name and not tenant.may_start(self.api.kernel_name):
             raise Forbidden(f"this notebook runs on kernelspec {self.api.kernel_name}, which tenant "
                             f"{tenant.name} may not use")
-        limit = getattr(tenant, "max_kernels", None) if getattr(tenant, "named", False) else None
-        runner = yield self.pool.acquire(getattr(tenant, "name", None), limit)
+        # only tenants from the tenants file have a kernel quota here; the pool counts kernels by tenant name
+        limit = tenant.max_kernels if tenant is not None and tenant.named else None
+        runner = yield self.pool.acquire(tenant.name if tenant is not None else None, limit)
         # the deadline covers running the cells; waiting for a kernel has its own limit (queue_timeout)
         deadline = self.clock.seconds() + self.settings.request_timeout if self.settings.request_timeout else None
         release = True

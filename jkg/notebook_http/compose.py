@@ -81,7 +81,7 @@ def make_notebook_http(config, registry, portal, limiter, cors, reactor, kernels
     leaf = NotebookResource(notebooks.current, portal, limiter, cors, config.base_url, config.static_path,
                             config.allow_notebook_download,
                             None if config.has_credentials else config.allowed_hosts)
-    root = make_root_resource(leaf, cors, config.base_url)
+    root = make_root_resource(leaf, cors, config.base_url, leaf.answer_preflight)
     if kernels_root is not None:
         root = _Split(kernels_root, root, (config.base_url + config.kernels_api_prefix.strip("/")).encode("utf-8"))
     return notebooks, root

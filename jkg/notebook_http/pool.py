@@ -58,6 +58,10 @@ class KernelPool:
 
     :param spawn: ``spawn()`` -> Deferred firing with a new ready runner.
     :param retire: ``retire(runner)`` -> Deferred firing once it is gone.
+
+    A runner (a :class:`jkg.notebook_http.runner.KernelRunner`, or a test's
+    fake) has two attributes the pool reads and writes: ``lost``, true once
+    its kernel is gone, and ``tenant``, who holds it now.
     """
 
     def __init__(self, spawn: Callable[[], Deferred], retire: Callable[[object], Deferred], clock, *,
@@ -133,7 +137,7 @@ class KernelPool:
             return
         self.busy.discard(runner)
         self._unhold(runner)
-        if getattr(runner, "lost", False):
+        if runner.lost:
             self._retire_one(runner)
             self._grow()
             self._check_drained()
@@ -222,8 +226,8 @@ class KernelPool:
     def _spawned(self, runner) -> None:
         self.starting -= 1
         self.last_error = None
-        if self.draining or getattr(runner, "lost", False):
-            if not getattr(runner, "lost", False):
+        if self.draining or runner.lost:
+            if not runner.lost:
                 self._retire_one(runner)
             self._check_drained()
             return

@@ -38,16 +38,18 @@ def provisioner_environ(config: Any, environ: Mapping[str, str]) -> dict[str, st
     Options given win over the environment; an operator's own ``GP_LAUNCH_TIMEOUT``
     (or ``GP_SOCKET_TIMEOUT``) is kept, otherwise the provisioner's wait for the launcher's connection info is
     bounded by ``--kernel-launch-timeout`` like every other start.
+
+    :param config: the :class:`jkg.config.GatewayConfig`, which declares every option read here.
     """
     env = {}
     for option, variable in (("docker_host", "DOCKER_HOST"), ("docker_network", "GP_DOCKER_NETWORK"),
                              ("response_ip", "GP_RESPONSE_IP"), ("remote_user", "GP_REMOTE_USER")):
-        value = getattr(config, option, "")
+        value = getattr(config, option)
         if value:
             env[variable] = value
-    if getattr(config, "response_port", 0):
+    if config.response_port:
         env["GP_RESPONSE_PORT"] = str(config.response_port)
-    if getattr(config, "remote_hosts", ()):
+    if config.remote_hosts:
         env["GP_REMOTE_HOSTS"] = ",".join(config.remote_hosts)
     if "GP_LAUNCH_TIMEOUT" not in environ:
         env["GP_LAUNCH_TIMEOUT"] = str(max(1, math.ceil(config.kernel_launch_timeout)))
@@ -225,7 +227,7 @@ def limits_env(limits: Any) -> dict[str, str]:
     """
     env = {}
     for name in LIMIT_NAMES:
-        value = getattr(limits, name, None)
+        value = getattr(limits, name)
         if type(value) is int and value > 0:
             env[f"JKG_KERNEL_{name.upper()}"] = str(value)
     return env

@@ -22,7 +22,7 @@ from ..errors import BadRequest, GatewayError, ResourceLimit, UnknownKernelSpec
 from ..kernels.messages import isoformat
 from .channels import ChannelsUpgrade, negotiate_subprotocol
 from .http import query_arg, read_json_body, write_error, write_json
-from .login import login, peer
+from .login import login_with_credentials, peer
 from ..auth.revocation import credential_key
 
 log = Logger()
@@ -74,8 +74,13 @@ class GatewayAPI:
     # -- cross-cutting ---------------------------------------------------------
     async def _login(self, request):
         """Authenticate through the portal; the routes only ever see the tenant."""
+        tenant, _ = await self._login_with_credentials(request)
+        return tenant
+
+    async def _login_with_credentials(self, request):
+        """:meth:`_login`, and the credentials used (the WebSocket route keeps them for revocation)."""
         hosts = None if self.config.has_credentials else self.config.allowed_hosts
-        return await login(request, self.portal, self.limiter, self.cors, hosts)
+        return await login_with_credentials(request, self.portal, self.limiter, self.cors, hosts)
 
     def _model(self, kernel, tenant) -> dict:
         model = kernel.model()
@@ -251,7 +256,7 @@ class GatewayAPI:
 
     @app.route("/api/kernels/<string:kernel_id>/channels", methods=["GET"])
     async def channels(self, request, kernel_id):
-        tenant = await self._login(request)
+        tenant, credentials = await self._login_with_credentials(request)
         self.registry.get(kernel_id, tenant)
         if (request.getHeader(b"upgrade") or b"").lower() != b"websocket":
             raise BadRequest("this endpoint only accepts WebSocket upgrades")
@@ -267,7 +272,7 @@ class GatewayAPI:
             audit.info("quota refused: tenant={tenant} address={address} reason={reason}", tenant=tenant.name,
                        address=_peer(request), reason=refusal.message)
             raise
-        credential = credential_key(getattr(request, "jkg_credentials", None), tenant.name, self.tenants())
+        credential = credential_key(credentials, tenant.name, self.tenants())
         return ChannelsUpgrade(self.ws_factory, kernel_id, session_id, tenant.name, release, credential)
 
     # -- sessions -----------------------------------------------------------------

@@ -74,13 +74,18 @@ def linger_and_close(transport, clock, response: bytes) -> None:
 
 
 class GuardedRequest(Request):
-    """A Request whose body may not exceed the site's ``max_body_size``."""
+    """A Request whose body may not exceed the site's ``max_body_size``.
+
+    It is the ``requestFactory`` of :class:`jkg.web.site.GatewaySite`, so
+    ``self.channel.site`` is that site, and its ``guard`` is always set: the
+    :class:`ConnectionGuard`, or ``None`` when no limits are enforced.
+    """
 
     _received = 0
     _refused = False
 
     def gotLength(self, length):  # noqa: N802 - Twisted API
-        guard = getattr(self.channel.site, "guard", None)
+        guard = self.channel.site.guard
         limit = guard.max_body_size if guard is not None else 0
         if limit and length is not None and length > limit:
             self._refuse(limit)
@@ -91,7 +96,7 @@ class GuardedRequest(Request):
         if self._refused:
             return
         self._received += len(data)
-        guard = getattr(self.channel.site, "guard", None)
+        guard = self.channel.site.guard
         if guard is not None and 0 < guard.max_body_size < self._received:
             self._refuse(guard.max_body_size)
             return

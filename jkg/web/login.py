@@ -30,9 +30,18 @@ async def login(request, portal, limiter, cors, hosts: tuple[str, ...] | None = 
 
     :param hosts: without credentials configured, the ``--allowed-hosts``
         the ``Host`` header must name (DNS rebinding); ``None`` with credentials.
+    """
+    tenant, _ = await login_with_credentials(request, portal, limiter, cors, hosts)
+    return tenant
 
-    The credentials used are kept on the request (``jkg_credentials``), so
-    that a WebSocket can be closed when a reload revokes them.
+
+async def login_with_credentials(request, portal, limiter, cors, hosts: tuple[str, ...] | None = None):
+    """``(tenant, credentials)``: :func:`login`, and what the client logged in with.
+
+    The WebSocket route keeps the credentials so that the connection can be
+    closed when a reload revokes them (:mod:`jkg.auth.revocation`).  They are
+    returned rather than set on the request: the request is Twisted's (or an
+    embedder's), with no such attribute declared.
     """
     cors.check_origin(request)
     if hosts is not None and not host_allowed(request.getHeader(b"host"), hosts):
@@ -55,5 +64,4 @@ async def login(request, portal, limiter, cors, hosts: tuple[str, ...] | None = 
         raise Unauthorized("invalid or missing credentials") from None
     finally:
         finished()
-    request.jkg_credentials = credentials
-    return tenant
+    return tenant, credentials

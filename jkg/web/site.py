@@ -10,6 +10,7 @@ reference gateways lose most of their round-trip time.
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -24,22 +25,26 @@ log = Logger()
 class CorsResource(Resource):
     """Applies the CORS policy, answers ``OPTIONS``, then defers to the API.
 
-    A preflight gets 204, or what the API's ``answer_preflight(request)``
-    returns when it has one (notebook-http answers as the reference does).
+    A preflight gets 204, or what ``answer_preflight(request)`` returns when
+    one is given (notebook-http answers as the reference does).  It is passed
+    in, not looked up on the API resource: the kernels API is a klein
+    resource, which has no such method to declare.
     """
 
     isLeaf = True
 
-    def __init__(self, api_resource, cors: CorsPolicy):
+    def __init__(self, api_resource, cors: CorsPolicy,
+                 answer_preflight: Callable[[object], bytes] | None = None):
         super().__init__()
         self._api = api_resource
         self._cors = cors
+        self._answer_preflight = answer_preflight
 
     def render(self, request):
         preflight = request.method == b"OPTIONS"
         self._cors.apply(request, preflight=preflight)
         if preflight:
-            answer = getattr(self._api, "answer_preflight", None)
+            answer = self._answer_preflight
             if answer is not None:
                 return answer(request)
             request.setResponseCode(204)
@@ -68,9 +73,13 @@ class _Prefix(Resource):
         return JsonNotFound().render(request)
 
 
-def make_root_resource(api_resource, cors: CorsPolicy, base_url: str = "/") -> Resource:
-    """The resource to serve (or mount in an embedder's own tree)."""
-    leaf = CorsResource(api_resource, cors)
+def make_root_resource(api_resource, cors: CorsPolicy, base_url: str = "/",
+                       answer_preflight: Callable[[object], bytes] | None = None) -> Resource:
+    """The resource to serve (or mount in an embedder's own tree).
+
+    :param answer_preflight: answers ``OPTIONS`` instead of a bare 204 (see :class:`CorsResource`).
+    """
+    leaf = CorsResource(api_resource, cors, answer_preflight)
     segments = [s for s in base_url.strip("/").split("/") if s]
     if not segments:
         return leaf
@@ -104,7 +113,7 @@ class GatewaySite(Site):
 
     def __init__(self, resource, guard=None, access_log=None, **kwargs):
         super().__init__(resource, requestFactory=GuardedRequest, **kwargs)
-        self.guard = guard
+        self.guard = guard  # a ConnectionGuard, or None: no limits (every GuardedRequest reads it)
         self.access_log = access_log
 
     def buildProtocol(self, addr):  # noqa: N802 - Twisted API
