@@ -144,8 +144,12 @@ def test_zmtp_frame_headers():
 
 def test_buffer_pool_reuses_a_buffer_only_when_no_view_is_alive():
     pool = zmtp_wire.BufferPool(keep=2)
-    view = memoryview(pool.get(1_000_000))[:1_000_000].toreadonly()
-    first = id(view.obj)
-    assert id(pool.get(1_000_000)) != first  # still in use
+    view = pool.get(1_000_000)[:1_000_000].toreadonly()  # as the reader hands a large frame on
+    part = view[10:20]  # a frame made of it
+    first = view.obj
     del view
-    assert id(pool.get(900_000)) == first
+    assert pool.get(1_000_000).obj is not first  # still in use: a view of it lives
+    del part
+    again = pool.get(900_000)
+    assert again.obj is first and len(first) == 1_048_576  # free again, and its size unchanged
+    assert pool.get(900_000).obj is not first  # lent again, until ``again`` and its views are gone

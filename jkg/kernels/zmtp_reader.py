@@ -169,7 +169,7 @@ class ZmtpReader:
                     if state != READY:
                         raise ProtocolError("message before the handshake")
                     first = min(size, FIRST_ALLOCATION)
-                    big = memoryview(self._owner.buffers.get(first))[:first]
+                    big = self._owner.buffers.get(first)[:first]
                     big[:end - start] = view[start:end]
                     self._big, self._big_filled, self._big_flags, self._big_size = big, end - start, flags, size
                     message_bytes += size

@@ -7,7 +7,6 @@ connections, :mod:`jkg.kernels.channels` puts Jupyter messages on them.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -131,14 +130,13 @@ def check_greeting(greeting: bytes) -> None:
 
 
 class BufferPool:
-    """Buffers for large frames, reused once nothing refers to them any more.
+    """Buffers for large frames, lent as views and reused once no view of them is alive.
 
     A large frame is received into a buffer of its own and handed on as a
     view; a fresh buffer for each would cost page faults and zero-filling on
-    every large message.  A pooled buffer is taken again only when its
-    reference count shows that no view of it is alive (the message and every
-    frame made of it are gone).  At most ``keep`` buffers and ``max_bytes``
-    are kept.
+    every large message.  :meth:`get` lends a view of a pooled buffer whose
+    earlier views are all gone (the message and every frame made of it).  At
+    most ``keep`` buffers and ``max_bytes`` are kept.
     """
 
     GRAIN = 64 * 1024
@@ -148,15 +146,34 @@ class BufferPool:
         self.max_bytes = max_bytes
         self._buffers: list[bytearray] = []
 
-    def get(self, size: int) -> bytearray:
-        """A buffer of at least ``size`` bytes that nobody else uses."""
+    def get(self, size: int) -> memoryview:
+        """A writable view of at least ``size`` bytes that no other view shares.
+
+        The buffer is lent for as long as this view, or any view made of it, lives.
+        """
         buffers = self._buffers
-        for index in range(len(buffers)):
-            # referenced by the list, the call's argument and nothing else: free
-            if size <= len(buffers[index]) <= 2 * size and sys.getrefcount(buffers[index]) == 2:
-                return buffers[index]
+        for buffer in buffers:
+            if size <= len(buffer) <= 2 * size and _unviewed(buffer):
+                return memoryview(buffer)
         buffer = bytearray(-(-size // self.GRAIN) * self.GRAIN)
         if len(buffers) < self.keep and sum(map(len, buffers)) + len(buffer) <= self.max_bytes:
             buffers.append(buffer)
-        return buffer
+        return memoryview(buffer)
+
+
+def _unviewed(buffer: bytearray) -> bool:
+    """Whether no view of ``buffer`` is alive.
+
+    A bytearray refuses to change its size while any view of it is exported
+    (``BufferError``: the buffer protocol's rule), so trying is the question
+    asked in the language's terms -- not a reference count, which is CPython's
+    bookkeeping.  The byte appended is removed at once; the first time may
+    reallocate, never again (the removal keeps the room).
+    """
+    try:
+        buffer.append(0)
+    except BufferError:
+        return False
+    del buffer[-1]
+    return True
 
