@@ -92,6 +92,15 @@ class GatewayKernelClient(AsyncKernelClient):
         """Why the channels stopped working for good (``KernelDied``, ``GatewayAuthError``...)."""
         return self._connection.failure
 
+    def kernel_gone(self, message: str) -> None:
+        """Fail every later use with ``KernelDied(message)`` and stop reconnecting.
+
+        For whoever shuts the kernel down on purpose (``GatewayKernelManager.shutdown_kernel`` calls it on
+        each of its clients first), so that a waiting reader fails with that reason instead of retrying
+        against a kernel that will not come back.
+        """
+        self._connection.kernel_gone(message)
+
     # -- channels --------------------------------------------------------------------------
     def start_channels(self, shell: bool = True, iopub: bool = True, stdin: bool = True, hb: bool = True,
                        control: bool = True) -> Any:
