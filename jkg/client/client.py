@@ -18,7 +18,6 @@ import uuid
 from typing import Any, Callable
 
 from jupyter_client.asynchronous import AsyncKernelClient
-from jupyter_client.client import KernelClient
 from jupyter_client.session import Session
 from traitlets import Unicode
 
@@ -125,11 +124,15 @@ class GatewayKernelClient(AsyncKernelClient):
         await self._connection.wait_connected(timeout)
 
     async def wait_for_ready(self, timeout: float | None = None) -> None:
-        """Connect, then jupyter_client's own readiness check (``kernel_info`` + iopub)."""
+        """Connect, then ``AsyncKernelClient``'s own readiness check (``kernel_info`` + iopub).
+
+        Opening the WebSocket is part of getting ready here, so it counts against ``timeout``
+        and the check gets what is left.
+        """
         started = time.monotonic()
         await self.connect(timeout)
         remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-        await KernelClient._async_wait_for_ready(self, timeout=remaining)
+        await super().wait_for_ready(timeout=remaining)
 
     # -- liveness --------------------------------------------------------------------------
     async def _async_is_alive(self) -> bool:
