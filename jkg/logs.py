@@ -3,8 +3,8 @@
 twistd builds its log observer after ``makeService`` returns, from the
 application's ``ILogObserver`` component when one is set (Twisted's documented
 hook for customising twistd's logging).  :class:`LoggedService` sets that
-component when twistd parents it to the application: twistd's own observer
-(stdout with ``-n``, ``--logfile``, ``--syslog``) or, with ``--log-format
+component when twistd parents it to the application: the observer twistd would
+build itself (stdout with ``-n``, ``--logfile``, ``--syslog``) or, with ``--log-format
 json``, Twisted's ``jsonFileLogObserver`` on the same destination (one JSON
 object per line, for journald and log shippers), behind a level filter
 (``--log-level``, default ``info``: jkg's debug lines stay out).
@@ -56,20 +56,36 @@ def _rotate_on_sigusr1(log_file) -> None:
         signal.signal(signal.SIGUSR1, rotate)
 
 
-def make_observer(level: str, log_format: str, twistd_options, max_files: int = 0):
-    """twistd's observer (or a JSON one on its destination), showing ``level`` and above."""
-    destination = None if twistd_options.get("syslog") else _twistd_destination(twistd_options, max_files)
-    if log_format == "json":
-        observer = jsonFileLogObserver(destination or _twistd_destination(twistd_options, max_files))
-    elif destination is not None and destination is not sys.stdout:
-        observer = textFileLogObserver(destination)
-        _rotate_on_sigusr1(destination)
-    else:
-        from twisted.scripts._twistd_unix import UnixAppLogger
+def _syslog_observer(prefix: str):
+    """``--syslog``: every event to syslog(3) under ``--prefix``, as twistd sends them.
 
-        observer = UnixAppLogger(twistd_options)._getLogObserver()
-        if not ILogObserver.providedBy(observer):  # the syslog observer is a legacy one
-            observer = LegacyLogObserverWrapper(observer)
+    Twisted's ``SyslogObserver`` is a legacy observer (it takes the old
+    event dictionaries), hence the wrapper.
+    """
+    from twisted.python.syslog import SyslogObserver
+
+    return LegacyLogObserverWrapper(SyslogObserver(prefix).emit)
+
+
+def make_observer(level: str, log_format: str, twistd_options, max_files: int = 0):
+    """The observer twistd would build (or a JSON one on its destination), showing ``level`` and above.
+
+    Built here from Twisted's public observers, as twistd builds its own: syslog
+    with ``--syslog``, else stdout (``-n`` without ``--logfile``, or
+    ``--logfile=-``) or the log file, which SIGUSR1 rotates.
+    """
+    if log_format == "json":
+        observer = jsonFileLogObserver(_twistd_destination(twistd_options, max_files))
+    elif twistd_options.get("syslog"):
+        observer = _syslog_observer(twistd_options.get("prefix", ""))
+    else:
+        destination = _twistd_destination(twistd_options, max_files)
+        if destination is sys.stdout:
+            if not twistd_options.get("nodaemon"):  # --logfile=- without -n: refused as twistd refuses it
+                sys.exit("Daemons cannot log to stdout, exiting!")
+        else:
+            _rotate_on_sigusr1(destination)
+        observer = textFileLogObserver(destination)
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
     return FilteringLogObserver(observer, [predicate])
 

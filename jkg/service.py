@@ -202,6 +202,7 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     from .web.http import CorsPolicy
     from .web.guard import ConnectionGuard, connection_limit, raise_descriptor_limit
     from .web.site import GatewaySite, make_root_resource
+    from .web.spec import load_spec
 
     zmq_factory = make_factory(reactor, ReadLimits(*config.kernel_read_limits),
                                ProtocolErrorLog(reactor, config.protocol_error_log_interval))
@@ -250,24 +251,25 @@ def make_gateway(config: GatewayConfig, reactor) -> Gateway:
     limiter = FailureLimiter(reactor)
     sessions = SessionStore(registry, config.max_sessions_per_tenant)
     tenants_table = tenants.current if tenants else None
+    # read now, not on the reactor; ``servers`` is the gateway's base_url even when the kernels API is mounted
+    # under a prefix (notebook-http)
+    spec = load_spec(config.base_url)
     notebooks = None
     if notebook_http:
         from .notebook_http.compose import make_notebook_http
 
         kernels_base = config.base_url + config.kernels_api_prefix.strip("/") + "/"
         api = GatewayAPI(config.replace(base_url=kernels_base), registry, specs, sessions, portal,
-                         ws_factory, cors, limiter, tenants=tenants_table)
+                         ws_factory, cors, limiter, tenants=tenants_table, spec=spec)
         notebooks, resource = make_notebook_http(config, registry, portal, limiter, cors, reactor,
                                                  make_root_resource(api.resource(), cors, kernels_base)
                                                  if config.kernels_api_prefix else None)
     else:
-        api = GatewayAPI(config, registry, specs, sessions, portal, ws_factory, cors, limiter, tenants=tenants_table)
+        api = GatewayAPI(config, registry, specs, sessions, portal, ws_factory, cors, limiter, tenants=tenants_table,
+                         spec=spec)
         resource = make_root_resource(api.resource(), cors, config.base_url)
     from .metrics import GatewayCollector, ReactorLag, make_registry
 
-    from .web.spec import load_spec
-
-    api._spec_bytes = load_spec(config.base_url)  # read now, not on the reactor
     lag = ReactorLag(reactor)
     api.metrics = make_registry(GatewayCollector(registry, lag))
     access_log = None

@@ -20,12 +20,12 @@ from jkg.web.http import CorsPolicy
 from jkg.web.site import GatewaySite, make_root_resource
 
 
-def make_client(token="", **config_values):
+def make_client(token="", spec=None, **config_values):
     config = GatewayConfig(auth_token=token, **config_values)
     registry = FakeRegistry(max_kernels=config.max_kernels)
     cors = CorsPolicy(config.allow_origin, config.allow_headers, config.allow_methods)
     api = GatewayAPI(config, registry, FakeKernelSpecs(), SessionStore(registry), make_portal(token),
-                     ChannelsFactory(registry, config, Clock()), cors, FailureLimiter(Clock()))
+                     ChannelsFactory(registry, config, Clock()), cors, FailureLimiter(Clock()), spec=spec)
     return StubTreq(make_root_resource(api.resource(), cors, config.base_url)), registry
 
 
@@ -67,6 +67,17 @@ def test_start_list_delete(stub):
     assert [k["id"] for k in body(request(client, "GET", "/api/kernels"))] == [kernel_id]
     assert request(client, "DELETE", f"/api/kernels/{kernel_id}").code == 204
     assert registry.kernels == {}
+
+
+def test_spec_given_to_the_constructor_is_served_as_given():
+    client, _ = make_client(spec=(b"openapi: given\n", b'{"openapi": "given"}'))
+    assert request(client, "GET", "/api/spec.yaml").content == b"openapi: given\n"
+    assert request(client, "GET", "/api/swagger.json").content == b'{"openapi": "given"}'
+
+
+def test_spec_without_one_given_is_read_with_servers_at_base_url():
+    client, _ = make_client(base_url="/gw/")
+    assert json.loads(request(client, "GET", "/gw/api/swagger.json").content)["servers"] == [{"url": "/gw/"}]
 
 
 def test_errors_are_json_without_tracebacks(stub):

@@ -99,3 +99,18 @@ def test_dead_status_fails_the_channels_after_delivering_it():
         assert not await kc.is_alive()
 
     run_async(scenario, timeout=30)
+
+
+def test_kernel_gone_fails_waiting_and_later_use_with_the_reason():
+    async def scenario():
+        kc = GatewayKernelClient(kernel_id="k", settings=GatewaySettings(url="http://127.0.0.1:9"))
+        kc.start_channels()
+        kc.kernel_gone("kernel k was shut down by its manager")
+        assert isinstance(kc.failure, KernelDied) and "shut down by its manager" in str(kc.failure)
+        with pytest.raises(KernelDied):
+            await kc.get_shell_msg(timeout=None)  # fails at once instead of waiting forever
+        with pytest.raises(KernelDied):
+            kc.kernel_info()
+        kc.stop_channels()
+
+    run_async(scenario, timeout=30)

@@ -9,6 +9,7 @@ import concurrent.futures
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -303,3 +304,71 @@ def test_reload_that_revokes_a_token_or_a_password_closes_their_websockets(setup
         ws.close()
         by_password.close()
         other.close()
+
+
+def test_an_upgraded_websocket_counts_until_it_closes_and_then_exactly_once():
+    """--max-http-connections 1: an open WebSocket holds the one place; closing it gives it back, once.
+
+    The upgrade takes the connection away from its HTTP channel, so it is the
+    WebSocket protocol that gives the place back when the connection closes.
+    """
+    gateway = GatewayProcess("--max-http-connections", "1", "--state-db", "none", token="one-place").start()
+
+    def get_api(sock: socket.socket) -> tuple[int, dict]:
+        """The status, and the body of a refusal (a 200 stays unread: the connection is only held)."""
+        sock.sendall(b"GET /api HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: token one-place\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(1)
+            assert chunk, head
+            head += chunk
+        status = int(head.split(b" ", 2)[1])
+        if status == 200:
+            return status, {}
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+        body = b""
+        while len(body) < length:
+            chunk = sock.recv(length - len(body))
+            assert chunk, body
+            body += chunk
+        return status, json.loads(body)
+
+    def admitted_again() -> socket.socket:
+        """A kept-alive connection answered 200, once the gateway has seen the last one close."""
+        deadline = time.monotonic() + 10
+        while True:
+            sock = raw(gateway.port)
+            status, body = get_api(sock)
+            if status == 200:
+                return sock
+            sock.close()
+            assert status == 503 and "--max-http-connections" in body["message"], (status, body)
+            assert time.monotonic() < deadline, "the connection count was not given back"
+            time.sleep(0.05)
+
+    try:
+        admitted_again().close()
+        kernel = None
+        deadline = time.monotonic() + 10
+        while kernel is None:  # the place of the connection just closed may not be back yet
+            # Connection: close, or requests would keep this connection, and the one place, to itself
+            response = gateway.request("POST", "/api/kernels", json={}, headers={"Connection": "close"})
+            if response.status_code != 503:
+                assert response.status_code == 201, response.text
+                kernel = response.json()["id"]
+            assert time.monotonic() < deadline, response.text
+        admitted_again().close()
+        ws = websocket.create_connection(f"{gateway.ws_url}/api/kernels/{kernel}/channels",
+                                         header=[f"Authorization: token {gateway.token}"], timeout=10)
+        try:
+            with raw(gateway.port) as other:  # the open WebSocket holds the one place
+                status, body = get_api(other)
+                assert status == 503 and "--max-http-connections" in body["message"], (status, body)
+        finally:
+            ws.close()
+        first = admitted_again()  # the WebSocket's place is back...
+        with first, raw(gateway.port) as second:  # ...and only once: the count is 1 again, not 0
+            status, body = get_api(second)
+            assert status == 503 and "--max-http-connections" in body["message"], (status, body)
+    finally:
+        gateway.stop()

@@ -174,3 +174,35 @@ def test_rotated_log_files_are_bounded(tmp_path):
         process.wait(30)
     rotated = sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("jkg.log."))
     assert rotated == ["jkg.log.1", "jkg.log.2"]
+
+
+def test_syslog_observer_uses_the_prefix_and_the_level(monkeypatch):
+    """--syslog [--prefix]: twistd's destination, built by jkg.logs from Twisted's SyslogObserver."""
+    from twisted.logger import Logger
+    from twisted.python.syslog import SyslogObserver
+
+    from jkg.logs import make_observer
+
+    opened, sent = [], []
+    # the class's own seams for syslog(3), which Twisted's tests replace the same way
+    monkeypatch.setattr(SyslogObserver, "openlog", lambda self, prefix, *args: opened.append(prefix))
+    monkeypatch.setattr(SyslogObserver, "syslog", lambda self, priority, text: sent.append(text))
+    observer = make_observer("info", "text", {"syslog": True, "prefix": "jkg-test", "nodaemon": True})
+    log = Logger(namespace="jkg.test", observer=observer)
+    log.info("hello {who}", who="syslog")
+    log.debug("not at info")
+    assert opened == ["jkg-test"]
+    assert len(sent) == 1 and "hello syslog" in sent[0]
+
+
+def test_stdout_log_needs_nodaemon_as_in_twistd(capsys):
+    import pytest
+    from twisted.logger import Logger
+
+    from jkg.logs import make_observer
+
+    with pytest.raises(SystemExit, match="Daemons cannot log to stdout"):
+        make_observer("info", "text", {"logfile": "-", "nodaemon": False})
+    log = Logger(namespace="jkg.test", observer=make_observer("info", "text", {"logfile": "-", "nodaemon": True}))
+    log.info("to stdout")
+    assert "[jkg.test#info] to stdout" in capsys.readouterr().out

@@ -18,7 +18,6 @@ import uuid
 from typing import Any, Callable
 
 from jupyter_client.asynchronous import AsyncKernelClient
-from jupyter_client.client import KernelClient
 from jupyter_client.session import Session
 from traitlets import Unicode
 
@@ -92,6 +91,15 @@ class GatewayKernelClient(AsyncKernelClient):
         """Why the channels stopped working for good (``KernelDied``, ``GatewayAuthError``...)."""
         return self._connection.failure
 
+    def kernel_gone(self, message: str) -> None:
+        """Fail every later use with ``KernelDied(message)`` and stop reconnecting.
+
+        For whoever shuts the kernel down on purpose (``GatewayKernelManager.shutdown_kernel`` calls it on
+        each of its clients first), so that a waiting reader fails with that reason instead of retrying
+        against a kernel that will not come back.
+        """
+        self._connection.kernel_gone(message)
+
     # -- channels --------------------------------------------------------------------------
     def start_channels(self, shell: bool = True, iopub: bool = True, stdin: bool = True, hb: bool = True,
                        control: bool = True) -> Any:
@@ -116,11 +124,15 @@ class GatewayKernelClient(AsyncKernelClient):
         await self._connection.wait_connected(timeout)
 
     async def wait_for_ready(self, timeout: float | None = None) -> None:
-        """Connect, then jupyter_client's own readiness check (``kernel_info`` + iopub)."""
+        """Connect, then ``AsyncKernelClient``'s own readiness check (``kernel_info`` + iopub).
+
+        Opening the WebSocket is part of getting ready here, so it counts against ``timeout``
+        and the check gets what is left.
+        """
         started = time.monotonic()
         await self.connect(timeout)
         remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-        await KernelClient._async_wait_for_ready(self, timeout=remaining)
+        await super().wait_for_ready(timeout=remaining)
 
     # -- liveness --------------------------------------------------------------------------
     async def _async_is_alive(self) -> bool:

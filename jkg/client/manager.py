@@ -191,7 +191,7 @@ class GatewayKernelManager(AsyncKernelManager):
             return
         self.shutting_down = True
         for client in list(self._clients):
-            client._connection.kernel_gone(f"kernel {self.kernel_id} was shut down by its manager")
+            client.kernel_gone(f"kernel {self.kernel_id} was shut down by its manager")
         try:
             await self.rest.delete_kernel(self.kernel_id)
         except KernelDied:

@@ -50,11 +50,16 @@ class GatewayAPI:
     :param specs: the kernelspec finder (``describe_all``/``describe``/``resource``).
     :param sessions: a :class:`jkg.sessions.SessionStore`.
     :param portal: a ``twisted.cred`` portal yielding ``ITenant`` avatars.
+    :param spec: ``(yaml_bytes, json_bytes)`` of the OpenAPI description
+        (:func:`jkg.web.spec.load_spec`).  The service reads it before the
+        reactor runs, so that serving it never touches the disk; without it the
+        first request reads it, with ``servers`` at this API's ``base_url``.
     """
 
     app = Klein()
 
-    def __init__(self, config, registry, specs, sessions, portal, ws_factory, cors, limiter, tenants=None):
+    def __init__(self, config, registry, specs, sessions, portal, ws_factory, cors, limiter, tenants=None,
+                 spec: tuple[bytes, bytes] | None = None):
         self.config = config
         self.registry = registry
         self.specs = specs
@@ -64,9 +69,9 @@ class GatewayAPI:
         self.cors = cors
         self.limiter = limiter
         self.tenants = tenants or (lambda: None)
+        self._spec_bytes = spec
 
     metrics = None  # a prometheus_client CollectorRegistry, set by jkg.service
-    _spec_bytes = None
 
     def resource(self):
         return self.app.resource()

@@ -21,6 +21,7 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import tcp
 from twisted.logger import Logger
+from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from .. import metrics, wire
@@ -30,6 +31,7 @@ from ..interfaces import IKernelClient
 from .client_frames import (autobahn_between_frames, autobahn_refuse_message, autobahn_traffic_seen,
                             whole_data_frames)
 from .frames import Frame, FrameCache, encode_legacy_frame, encode_v1_frame
+from .guard import GuardedChannel
 from .outbox import TCPOutbox, TransportOutbox
 from .partial import PartialBudget
 from .ratelimit import IOPubRateLimit, warning_message
@@ -73,8 +75,9 @@ class ChannelsProtocol(WebSocketServerProtocol):
     """One client's WebSocket to one kernel.
 
     Built by :meth:`ChannelsFactory.build` with what the REST route found out
-    (the kernel, the session, the tenant, and ``release``, which gives back the
-    tenant's connection place when the connection is lost).  Once open, it
+    (the kernel, the session, the tenant, and ``release``, which gives back what
+    the connection holds when it is lost: the tenant's connection place, and the
+    place in the site's connection count that the upgrade took over).  Once open, it
     holds the kernel that :meth:`~jkg.interfaces.IKernelRegistry.attach`
     returned and talks to it directly.
     """
@@ -367,14 +370,48 @@ class _OneConnection:
         return protocol
 
 
-class ChannelsUpgrade(WebSocketResource):
+class ChannelsUpgrade(Resource):
     """Upgrade this request to a channels WebSocket for one kernel, session and tenant.
 
     :param release: gives back the connection place reserved for the tenant;
         called when the connection is lost.
     :param credential: what the client logged in with (see :mod:`jkg.auth.revocation`).
+
+    autobahn's ``WebSocketResource`` does the handshake and takes the request's
+    transport away from its HTTP channel, which then never hears that the
+    connection closed.  So the channel's place in the gateway's connection
+    count (a :class:`jkg.web.guard.GuardedChannel`'s, see
+    :meth:`~jkg.web.guard.GuardedChannel.hand_over`) goes to the protocol
+    with the tenant's, and is given back by the same ``release``.
     """
+
+    isLeaf = True
 
     def __init__(self, factory: ChannelsFactory, kernel_id: str, session_id: str, tenant: str = "",
                  release=lambda: None, credential=None):
-        super().__init__(_OneConnection(factory, kernel_id, session_id, tenant, release, credential))
+        super().__init__()
+        self._factory = factory
+        self._kernel_id = kernel_id
+        self._session_id = session_id
+        self._tenant = tenant
+        self._release = release
+        self._credential = credential
+
+    def render(self, request):
+        release = self._release
+        channel = request.channel
+        if isinstance(channel, GuardedChannel):
+            release = _releasing_both(release, channel.hand_over())
+        connection = _OneConnection(self._factory, self._kernel_id, self._session_id, self._tenant, release,
+                                    self._credential)
+        return WebSocketResource(connection).render(request)
+
+
+def _releasing_both(first, second):
+    def release() -> None:
+        try:
+            first()
+        finally:
+            second()
+
+    return release

@@ -16,6 +16,7 @@ the resource tree:
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -162,21 +163,16 @@ class ConnectionGuard:
                                         "(--max-pending-per-address)")
         return None
 
-    def watch(self, channel, address: str) -> None:
-        """Count ``channel``'s connection until it closes, and time its headers."""
+    def watch(self, channel, address: str) -> "_ChannelState":
+        """Count ``channel``'s connection and time its headers.
+
+        Returns the connection's state; its :meth:`~_ChannelState.closed`
+        gives the connection back (once, however often it is called).
+        """
         self.open += 1
-        transport = channel.transport
-        transport_lost = transport.connectionLost
         state = _ChannelState(self, channel, address)
-        channel._jkg_guard = state
-
-        def lost(reason):
-            self.open -= 1
-            state.done_waiting()
-            transport_lost(reason)
-
-        transport.connectionLost = lost
         state.start_waiting()
+        return state
 
 
 class _ChannelState:
@@ -187,6 +183,18 @@ class _ChannelState:
         self._channel = channel
         self._address = address
         self._timer = None
+        self._open = True
+
+    def closed(self) -> None:
+        """The connection is gone: it no longer counts, nor waits for headers.
+
+        Both the channel and, after a WebSocket upgrade, the protocol that took
+        its transport over may say so; only the first call counts.
+        """
+        if self._open:
+            self._open = False
+            self._guard.open -= 1
+            self.done_waiting()
 
     def start_waiting(self) -> None:
         if self._timer is not None:
@@ -222,19 +230,51 @@ class _ChannelState:
 
 
 class GuardedChannel(HTTPChannel):
-    """An HTTPChannel that tells its :class:`ConnectionGuard` when headers are complete."""
+    """An HTTPChannel counted by its site's :class:`ConnectionGuard` while it is open.
 
-    _jkg_guard: _ChannelState | None = None
+    It tells the guard when a request's headers are complete and when an idle
+    kept-alive connection starts waiting for the next ones.  A WebSocket
+    upgrade takes the transport away from the channel, whose
+    :meth:`connectionLost` is then never called: whoever takes it over calls
+    :meth:`hand_over` and reports the loss itself.
+    """
+
+    _guarded: _ChannelState | None = None
+
+    def connectionMade(self):  # noqa: N802 - Twisted API
+        super().connectionMade()
+        guard = self.site.guard
+        if guard is not None:
+            self._guarded = guard.watch(self, getattr(self.transport.getPeer(), "host", "local"))
+
+    def connectionLost(self, reason):  # noqa: N802 - Twisted API
+        if self._guarded is not None:
+            self._guarded.closed()
+        super().connectionLost(reason)
+
+    def hand_over(self) -> Callable[[], None]:
+        """The transport goes to another protocol: what it calls once its connection is lost.
+
+        Calling it gives the connection back to the guard; so does this
+        channel's own :meth:`connectionLost`, should it still come, and the
+        first of the two is the one that counts.
+        """
+        state = self._guarded
+        return state.closed if state is not None else _nothing
 
     def allHeadersReceived(self):  # noqa: N802 - Twisted API
-        if self._jkg_guard is not None:
-            self._jkg_guard.done_waiting()
+        if self._guarded is not None:
+            self._guarded.done_waiting()
         super().allHeadersReceived()
 
     def requestDone(self, request):  # noqa: N802 - Twisted API
         super().requestDone(request)
-        if self._jkg_guard is not None and self.persistent and self.transport is not None:
-            self._jkg_guard.start_waiting()  # an idle kept-alive connection waits for headers too
+        if self._guarded is not None and self.persistent and self.transport is not None:
+            self._guarded.start_waiting()  # an idle kept-alive connection waits for headers too
+
+
+def _nothing() -> None:
+    pass
 
 
 def raise_descriptor_limit() -> int:

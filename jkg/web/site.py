@@ -102,13 +102,21 @@ def _set_no_delay(transport) -> None:
             pass
 
 
+class _NoDelayChannel(GuardedChannel):
+    """A :class:`GuardedChannel` that turns Nagle's algorithm off before anything is written."""
+
+    def connectionMade(self):  # noqa: N802 - Twisted API
+        _set_no_delay(self.transport)
+        super().connectionMade()
+
+
 class GatewaySite(Site):
     """A Site that turns Nagle's algorithm off, logs requests only to ``--access-log`` (without
     tokens), and (with a :class:`jkg.web.guard.ConnectionGuard`) bounds connections, header
     time and body size."""
 
     noisy = False  # no "Starting factory <GatewaySite object at 0x...>" lines
-    protocol = GuardedChannel
+    protocol = _NoDelayChannel
     requestFactory = GuardedRequest
 
     def __init__(self, resource, guard=None, access_log=None, **kwargs):
@@ -118,22 +126,11 @@ class GatewaySite(Site):
 
     def buildProtocol(self, addr):  # noqa: N802 - Twisted API
         guard = self.guard
-        address = getattr(addr, "host", "local")
         if guard is not None:
-            refused = guard.admit(address)
+            refused = guard.admit(getattr(addr, "host", "local"))
             if refused is not None:
                 return refused
-        protocol = super().buildProtocol(addr)
-        make_connection = protocol.makeConnection
-
-        def make_connection_without_delay(transport):
-            _set_no_delay(transport)
-            make_connection(transport)
-            if guard is not None:
-                guard.watch(protocol, address)
-
-        protocol.makeConnection = make_connection_without_delay
-        return protocol
+        return super().buildProtocol(addr)
 
     def log(self, request):
         """Only with ``--access-log`` (:class:`jkg.logs.AccessLog` strips ``?token=``): a line
