@@ -39,39 +39,37 @@ def refusal(status: int, reason: str, message: str, retry_after: int | None = No
     return head.encode("latin-1") + body
 
 
-def linger_and_close(transport, clock, response: bytes) -> None:
-    """Send ``response``, stop sending, and drop the connection a little later.
+class _Linger:
+    """Send a last response, stop sending, and drop the connection a little later.
 
     Closing at once while the client is still sending makes the kernel answer
     with a reset, which can destroy the response before the client reads it;
     so the write side is closed first and whatever else arrives is discarded,
-    up to a small bound in bytes and time.
+    up to a small bound in bytes and time.  The protocol that owns the
+    connection (:class:`_Refusal`, :class:`GuardedChannel`) hands it what it
+    receives and tells it when the connection is lost.
     """
-    transport.write(response)
-    protocol = getattr(transport, "protocol", None)
-    received = [0]
 
-    def discard(data: bytes) -> None:
-        received[0] += len(data)
-        if received[0] > _LINGER_BYTES:
-            transport.abortConnection()
+    def __init__(self, transport, clock, response: bytes):
+        self._transport = transport
+        self._received = 0
+        self._call = None
+        transport.write(response)
+        try:
+            transport.loseWriteConnection()
+        except (AttributeError, NotImplementedError):
+            transport.loseConnection()
+            return
+        self._call = clock.callLater(_LINGER_SECONDS, transport.abortConnection)
 
-    if protocol is not None:
-        protocol.dataReceived = discard
-    try:
-        transport.loseWriteConnection()
-    except (AttributeError, NotImplementedError):
-        transport.loseConnection()
-        return
-    call = clock.callLater(_LINGER_SECONDS, transport.abortConnection)
-    transport_lost = transport.connectionLost
+    def discard(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > _LINGER_BYTES:
+            self._transport.abortConnection()
 
-    def lost(reason):
-        if call.active():
-            call.cancel()
-        transport_lost(reason)
-
-    transport.connectionLost = lost
+    def lost(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
 
 
 class GuardedRequest(Request):
@@ -110,11 +108,9 @@ class GuardedRequest(Request):
     def _refuse(self, limit: int) -> None:
         self._refused = True
         self.content = None
-        transport = self.channel.transport
-        if transport is None:
+        if self.channel.transport is None:
             return
-        linger_and_close(transport, self.channel.site.guard.clock, refusal(
-            413, "Payload Too Large", f"request body over {limit} bytes (--max-body-size)"))
+        self.channel.linger(refusal(413, "Payload Too Large", f"request body over {limit} bytes (--max-body-size)"))
 
 
 class _Refusal(Protocol):
@@ -124,9 +120,18 @@ class _Refusal(Protocol):
         self._clock = clock
         self._message = message
 
+    _linger: _Linger | None = None
+
     def connectionMade(self):  # noqa: N802 - Twisted API
-        linger_and_close(self.transport, self._clock,
-                         refusal(503, "Service Unavailable", self._message, retry_after=1))
+        self._linger = _Linger(self.transport, self._clock,
+                               refusal(503, "Service Unavailable", self._message, retry_after=1))
+
+    def dataReceived(self, data):  # noqa: N802 - Twisted API
+        self._linger.discard(data)
+
+    def connectionLost(self, reason):  # noqa: N802 - Twisted API
+        if self._linger is not None:
+            self._linger.lost()
 
 
 class ConnectionGuard:
@@ -240,6 +245,7 @@ class GuardedChannel(HTTPChannel):
     """
 
     _guarded: _ChannelState | None = None
+    _linger: _Linger | None = None
 
     def connectionMade(self):  # noqa: N802 - Twisted API
         super().connectionMade()
@@ -247,7 +253,19 @@ class GuardedChannel(HTTPChannel):
         if guard is not None:
             self._guarded = guard.watch(self, getattr(self.transport.getPeer(), "host", "local"))
 
+    def linger(self, response: bytes) -> None:
+        """Answer with ``response`` (a refusal) and close: what the client still sends is discarded."""
+        self._linger = _Linger(self.transport, self.site.guard.clock, response)
+
+    def dataReceived(self, data):  # noqa: N802 - Twisted API
+        if self._linger is not None:
+            self._linger.discard(data)
+            return
+        super().dataReceived(data)
+
     def connectionLost(self, reason):  # noqa: N802 - Twisted API
+        if self._linger is not None:
+            self._linger.lost()
         if self._guarded is not None:
             self._guarded.closed()
         super().connectionLost(reason)
