@@ -82,14 +82,15 @@ class ChannelsProtocol(WebSocketServerProtocol):
     returned and talks to it directly.
     """
 
-    def __init__(self, kernel_id: str, session_id: str, tenant: str = "", release=lambda: None):
+    def __init__(self, kernel_id: str, session_id: str, tenant: str = "", release=lambda: None,
+                 credential=None):
         super().__init__()
         self.kernel_id = kernel_id
         self.session_id = session_id
         self.tenant = tenant
         self.release = release
-        #: what the client logged in with (jkg.auth.revocation), set by ChannelsUpgrade
-        self.credential = None
+        #: what the client logged in with, for jkg.auth.revocation on the next reload
+        self.credential = credential
         self.wire_format = LEGACY
         self._encode = encode_legacy_frame
         #: the attached kernel (an :class:`~jkg.interfaces.IAttachedKernel`), None when not attached
@@ -346,9 +347,10 @@ class ChannelsFactory(WebSocketServerFactory):
                 options["autoPingTimeout"] = config.ws_ping_timeout
         self.setProtocolOptions(**options)
 
-    def build(self, kernel_id: str, session_id: str, tenant: str = "", release=lambda: None) -> ChannelsProtocol:
+    def build(self, kernel_id: str, session_id: str, tenant: str = "", release=lambda: None,
+              credential=None) -> ChannelsProtocol:
         """The protocol for one client's connection to ``kernel_id``."""
-        protocol = self.protocol(kernel_id, session_id, tenant, release)
+        protocol = self.protocol(kernel_id, session_id, tenant, release, credential)
         protocol.factory = self
         return protocol
 
@@ -361,13 +363,10 @@ class _OneConnection:
 
     def __init__(self, factory: ChannelsFactory, kernel_id: str, session_id: str, tenant: str, release,
                  credential=None):
-        self._build = lambda: factory.build(kernel_id, session_id, tenant, release)
-        self._credential = credential
+        self._build = lambda: factory.build(kernel_id, session_id, tenant, release, credential)
 
     def buildProtocol(self, addr):  # noqa: N802 - Twisted API
-        protocol = self._build()
-        protocol.credential = self._credential  # for jkg.auth.revocation on the next reload
-        return protocol
+        return self._build()
 
 
 class ChannelsUpgrade(Resource):
