@@ -50,9 +50,9 @@ class WSClient:
         self.ws, self.fmt, self.session = ws, fmt, session
 
     @classmethod
-    async def open(cls, url: str, fmt: str) -> WSClient:
+    async def open(cls, url: str, fmt: str, ssl=None) -> WSClient:
         ws = await ws_connect(url, subprotocols=[V1] if fmt == "v1" else None, compression=None,
-                              max_size=None, ping_interval=None, proxy=None, open_timeout=30)
+                              max_size=None, ping_interval=None, proxy=None, open_timeout=30, ssl=ssl)
         if (ws.subprotocol or None) != (V1 if fmt == "v1" else None):
             await ws.close()
             raise BenchError(f"server selected subprotocol {ws.subprotocol!r} for format {fmt}")

@@ -115,18 +115,24 @@ class Gateway:
     """A gateway process speaking the Jupyter kernels REST + WebSocket protocol."""
 
     def __init__(self, name: str, cmd: list[str], env: dict, cwd: str, port: int, logdir: Path,
-                 kernel_name: str = "python3", startup_timeout: float = 60, ready_path: str = "/api/kernelspecs"):
+                 kernel_name: str = "python3", startup_timeout: float = 60, ready_path: str = "/api/kernelspecs",
+                 tls=None):
         self.name, self.cmd, self.env, self.cwd, self.port = name, cmd, env, cwd, port
         self.ready_path = ready_path
         self.kernel_name = kernel_name
         self.startup_timeout = startup_timeout
-        self.base = f"http://127.0.0.1:{port}"
-        self.ws_base = f"ws://127.0.0.1:{port}"
+        self.tls = tls  # an _tls.Certificates: serve https/wss with it
+        if tls is not None:
+            self.env = dict(env, **tls.env())
+        self.base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        self.ws_base = f"{'wss' if tls else 'ws'}://127.0.0.1:{port}"
         self.logfile = logdir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
         self.pid: int | None = None
         self.http = requests.Session()
         self.http.trust_env = False  # never through a proxy
+        if tls is not None:
+            self.http.verify = tls.ca
 
     def start(self) -> None:
         with open(self.logfile, "wb") as out:
@@ -183,7 +189,7 @@ class Gateway:
 
     async def connect(self, kid: str, fmt: str) -> _client.WSClient:
         url = f"{self.ws_base}/api/kernels/{kid}/channels?session_id={uuid.uuid4().hex}"
-        return await _client.WSClient.open(url, fmt)
+        return await _client.WSClient.open(url, fmt, ssl=self.tls.client_context() if self.tls else None)
 
     listener = connect
 
@@ -199,7 +205,7 @@ def _twistd() -> str:
     return str(candidate) if candidate.exists() else (shutil.which("twistd") or "twistd")
 
 
-def jkg(name: str, tree: Path, logdir: Path, env: dict | None = None, args: list[str] = ()) -> Gateway:
+def jkg(name: str, tree: Path, logdir: Path, env: dict | None = None, args: list[str] = (), tls=None) -> Gateway:
     """jkg from source tree ``tree`` (``PYTHONPATH=tree``), with extra ``env`` and command-line ``args``."""
     tree = Path(tree).resolve()
     if not (tree / "jkg").is_dir():
@@ -212,7 +218,7 @@ def jkg(name: str, tree: Path, logdir: Path, env: dict | None = None, args: list
     full_env = dict(os.environ, PYTHONPATH=str(tree), **(env or {}))
     cmd = [_twistd(), "-n", "--pidfile=", "jkg", "--ip", "127.0.0.1", "--port", str(port),
            "--state-db", "none", *args]
-    return Gateway(name, cmd, full_env, str(tree), port, logdir)
+    return Gateway(name, cmd, full_env, str(tree), port, logdir, tls=tls)
 
 
 def _kg_exe() -> Path:
@@ -236,7 +242,7 @@ def kg_exe() -> Path:
     return _kg_exe()
 
 
-def kg(logdir: Path) -> Gateway:
+def kg(logdir: Path, tls=None) -> Gateway:
     """jupyter-kernel-gateway 3.0.1 with its iopub rate limiter off (it would drop the floods)."""
     port = free_port()
     cmd = [str(_kg_exe()), "--KernelGatewayApp.ip=127.0.0.1", f"--KernelGatewayApp.port={port}",
@@ -246,4 +252,4 @@ def kg(logdir: Path) -> Gateway:
            "--ZMQChannelsWebsocketConnection.iopub_data_rate_limit=0"]
     env = dict(os.environ, KG_LIST_KERNELS="True", JUPYTER_RUNTIME_DIR=str(logdir / "runtime-kg"))
     env.pop("PYTHONPATH", None)
-    return Gateway("kg", cmd, env, str(logdir), port, logdir)
+    return Gateway("kg", cmd, env, str(logdir), port, logdir, tls=tls)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import _gateway
 import _proc
+import _tls
 from _gateway import log
 
 #: The targets of the issue: (what, row key, test, bound).  "dir<=" / "dir>=" compare the
@@ -56,6 +57,8 @@ def parse_args(modules, argv=None):
                         "of another commit), with optional environment settings; repeatable")
     p.add_argument("--rounds", type=int, default=1, help="rounds over all targets; medians reported")
     p.add_argument("--json-out", default=None, help="also write the results here")
+    p.add_argument("--tls", action="store_true",
+                   help="gateways serve https/wss with a throwaway CA's certificate (direct stays ZeroMQ)")
     p.add_argument("--verbose", "-v", action="store_true")
     for module in modules:
         if hasattr(module, "add_args"):
@@ -67,20 +70,21 @@ def parse_args(modules, argv=None):
 
 def make_targets(args, logdir: Path) -> list:
     targets = []
+    tls = _tls.Certificates(logdir / "tls") if args.tls else None
     for name in args.target_names:
         if name == "direct":
             targets.append(_gateway.Direct(logdir))
         elif name == "kg":
-            targets.append(_gateway.kg(logdir))
+            targets.append(_gateway.kg(logdir, tls=tls))
         elif name == "jkg":
-            targets.append(_gateway.jkg("jkg", _gateway.REPO, logdir))
+            targets.append(_gateway.jkg("jkg", _gateway.REPO, logdir, tls=tls))
         else:
             raise SystemExit(f"unknown target {name!r}")
     for spec in args.jkg:
         name, _, rest = spec.partition("=")
         tree, *settings = rest.split(";")
         env = dict(s.split("=", 1) for s in settings if s)
-        targets.append(_gateway.jkg(name, Path(tree), logdir, env=env))
+        targets.append(_gateway.jkg(name, Path(tree), logdir, env=env, tls=tls))
     return targets
 
 
