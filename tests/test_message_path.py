@@ -292,12 +292,13 @@ def test_the_fast_path_stops_at_the_first_frame_it_does_not_read_itself():
 # ---------------------------------------------------------------- the protocol and its kernel, in memory
 
 
-def _attached_protocol(subprotocol=None):
+def _attached_protocol(subprotocol=None, client_buffer_limit=16 * 1024 * 1024):
     """A real ChannelsProtocol, open on a StringTransport, attached to a FakeKernel."""
     registry = FakeRegistry()
     kernel = _FakeKernel()
     registry.kernels[kernel.id] = kernel
-    factory = web_channels.ChannelsFactory(registry, GatewayConfig(ws_ping_interval=0), Clock())
+    config = GatewayConfig(ws_ping_interval=0, client_buffer_limit=client_buffer_limit)
+    factory = web_channels.ChannelsFactory(registry, config, Clock())
     protocol = factory.build(kernel.id, "session-1", "tenant", lambda: None)
     transport = StringTransport()
     protocol.makeConnection(transport)
@@ -324,6 +325,47 @@ def test_the_protocol_is_built_with_its_context_and_sends_through_the_kernel_it_
         [("session-1", "shell", "m1")]
     protocol.connectionLost(Failure(ConnectionDone()))
     assert kernel.clients == {}
+
+
+def _closed_with(data: bytes) -> list:
+    """The close codes among a server's frames."""
+    codes, pos = [], 0
+    while pos < len(data):
+        length, start = data[pos + 1] & 0x7F, pos + 2
+        if length == 126:
+            length, start = int.from_bytes(data[pos + 2:pos + 4], "big"), pos + 4
+        elif length == 127:
+            length, start = int.from_bytes(data[pos + 2:pos + 10], "big"), pos + 10
+        if data[pos] == 0x88:
+            codes.append(int.from_bytes(data[start:start + 2], "big"))
+        pos = start + length
+    return codes
+
+
+def _stream(n: int, size: int):
+    from jkg.kernels.messages import KernelMessage
+
+    header = json.dumps({"msg_id": f"m{n}", "msg_type": "stream"}).encode()
+    return KernelMessage("iopub", b"", [header, b"{}", b"{}", json.dumps({"text": "y" * size}).encode()],
+                         f"m{n}", "stream", None)
+
+
+def test_a_close_keeps_its_code_when_the_client_is_behind_and_a_pinger_that_never_reads_gets_4008():
+    protocol, transport, _ = _attached_protocol(client_buffer_limit=1000)
+    outbox = transport.producer  # the TLS-style outbox (a StringTransport is no TCP socket)
+    outbox.pauseProducing()  # the client reads nothing
+    protocol.deliver(_stream(1, 1500))
+    protocol.deliver(_stream(2, 1500))  # behind by more than the limit, not yet by another one
+    protocol.sendClose(1000, "bye")  # would be too much now: the close still goes, with its own code
+    outbox.resumeProducing()
+    assert _closed_with(transport.value()) == [1000]
+
+    pinger, transport, _ = _attached_protocol(client_buffer_limit=1000)
+    transport.producer.pauseProducing()
+    for _ in range(30):  # 30 pongs of 127 bytes: over the limit, then over it by another one
+        pinger.dataReceived(client_frame(9, b"p" * 125))
+    transport.producer.resumeProducing()
+    assert _closed_with(transport.value()) == [4008] and pinger.dropped_as_slow == 1000
 
 
 def test_a_bare_buildprotocol_is_refused():

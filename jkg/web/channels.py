@@ -44,6 +44,7 @@ CLOSE_BAD_MESSAGE = 4400
 CLOSE_TOO_SLOW = 4008
 SLOW_CLOSE_TIMEOUT = 30  # seconds a client dropped as too slow has to read the close frame
 _OPEN = WebSocketServerProtocol.STATE_OPEN
+_CLOSE_FRAME = b"\x88"  # the first byte of a server's close frame (FIN, opcode 8)
 
 
 def negotiate_subprotocol(offered: bytes | None) -> str | None:
@@ -254,8 +255,9 @@ class ChannelsProtocol(WebSocketServerProtocol):
             super().sendData(data, sync, chopsize)
             return
         refused = outbox.write_data(data)
-        # pongs pile up for a client that pings and never reads (once: the close frame comes this way too)
-        if refused is not None and self.state == _OPEN and not self.dropped_as_slow:
+        # pongs pile up for a client that pings and never reads; a close frame goes as it is (the
+        # connection ends anyway, with the code it was closed with), and so does the one of _too_slow
+        if refused is not None and self.state == _OPEN and not self.dropped_as_slow and data[:1] != _CLOSE_FRAME:
             self._too_slow(outbox.backlog.limit, refused)
 
     def dropConnection(self, abort=False):  # noqa: N802 - autobahn API
