@@ -78,6 +78,41 @@ def test_launcher_refuses_a_network_the_gateway_does_not_use():
                              client=object())
 
 
+class _ExitedContainer:
+    """A container whose output has ended (it exited); the engine removes it only when ``wait`` returns."""
+
+    name = "alice-k1"
+
+    def __init__(self, events: list):
+        self.events = events
+
+    def logs(self, stream, follow):
+        yield b"boom: no kernel here\n"
+
+    def wait(self, timeout, condition):
+        self.events.append(("removed", condition))
+
+
+def test_an_early_exit_is_reported_before_the_engine_removes_the_container(tmp_path, monkeypatch):
+    """The provisioner fails the start once it sees the container ``exited`` or ``removing``; the report
+    must be in the errors file by then (CI once got the provisioner's bare "status: 'removing'")."""
+    events = []
+    with pytest.raises(docker_launch.LaunchError) as raised:
+        docker_launch.watch_for_early_exit(_ExitedContainer(events), 5, events.append)
+    assert events == ["container alice-k1 exited at start: boom: no kernel here", ("removed", "removed")]
+    assert raised.value.reported and str(raised.value) == events[0]
+
+    # main() reports what was not reported yet, and only that: the gateway may have read the file already
+    errors = tmp_path / "errors.txt"
+    monkeypatch.setenv("JKG_KERNEL_LAUNCH_ERRORS", str(errors))
+    argv = ["--kernel-id", "k1", "--response-address", "a:1", "--public-key", "k"]
+    for error, written in ((raised.value, False), (docker_launch.LaunchError("no image"), True)):
+        monkeypatch.setattr(docker_launch, "launch", lambda args, env, error=error: (_ for _ in ()).throw(error))
+        assert docker_launch.main(argv) == 1
+        assert errors.exists() is written
+    assert engines.read_launch_errors(str(errors)) == "no image"
+
+
 def test_engine_settings_reach_only_container_launchers():
     class Config:
         docker_host, docker_network, response_ip, response_port = "unix:///d.sock", "net", "10.1.2.1", 9999

@@ -60,7 +60,11 @@ _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 class LaunchError(Exception):
-    """A launch that cannot go ahead; the message is printed as is."""
+    """A launch that cannot go ahead; the message is printed as is (unless it was ``reported`` already)."""
+
+    def __init__(self, message: str, reported: bool = False):
+        super().__init__(message)
+        self.reported = reported
 
 
 def container_name(username: str, kernel_id: str) -> str:
@@ -160,15 +164,18 @@ def launch(args: argparse.Namespace, env: dict[str, str], client=None) -> str:
             image, name=name, environment=environment, labels=labels, network=network, user=user,
             detach=True, auto_remove=True, init=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
             **container_limits(wanted))
-        watch_for_early_exit(container, EXIT_WATCH)
+        watch_for_early_exit(container, EXIT_WATCH, lambda message: report(env, message))
     return name
 
 
-def watch_for_early_exit(container, seconds: float) -> None:
+def watch_for_early_exit(container, seconds: float, on_exit) -> None:
     """Raise with the container's last output if it exits within ``seconds``.
 
     The container removes itself when it exits, so its output is read while
-    it runs: the log stream ends when the container does.
+    it runs: the log stream ends when the container does.  The output is
+    given to ``on_exit`` at once, before the engine has removed the container:
+    the provisioner fails the start as soon as it sees the container
+    ``exited`` or ``removing``, and jkg reads the report then.
     """
     output = bytearray()
     ended = threading.Event()
@@ -184,12 +191,14 @@ def watch_for_early_exit(container, seconds: float) -> None:
 
     threading.Thread(target=follow, daemon=True).start()
     if ended.wait(seconds):
-        try:  # its output has ended; the engine removes it a moment later: report once it is gone
+        tail = " | ".join(line for line in output.decode(errors="replace").splitlines() if line.strip())
+        message = f"container {container.name} exited at start: {tail[-MAX_REPORT:] or '(no output)'}"
+        on_exit(message)
+        try:  # the engine removes it a moment later: this process ends once it is gone
             container.wait(timeout=REMOVAL_WAIT, condition="removed")
         except Exception:  # noqa: BLE001 - already gone (NotFound), or the engine is slow: the gateway sweeps
             pass
-        tail = " | ".join(line for line in output.decode(errors="replace").splitlines() if line.strip())
-        raise LaunchError(f"container {container.name} exited at start: {tail[-MAX_REPORT:] or '(no output)'}")
+        raise LaunchError(message, reported=True)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -210,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         launch(args, env)
     except LaunchError as error:
-        report(env, str(error))
+        if not error.reported:
+            report(env, str(error))
         return 1
     except Exception as error:  # noqa: BLE001 - the engine's message, as one line, is the report
         explanation = getattr(error, "explanation", None) or str(error)
