@@ -35,7 +35,7 @@ setup(
     extras_require={
         "client": ["nbclient>=0.10", "nbformat>=5.9"],
         # benchmarks/ (run by hand): asyncio WebSocket clients, and the profiler used on the gateway
-        "bench": ["websockets>=13", "py-spy>=0.3"],
+        "bench": ["websockets>=13", "aiohttp>=3.9", "py-spy>=0.3"],
         # Kernels on Docker, Docker Swarm, SSH hosts (and Kubernetes/YARN by configuration): docs/engines.md
         "containers": ["gateway_provisioners[docker]>=0.5,<0.6"],
         "test": [

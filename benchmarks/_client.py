@@ -1,8 +1,11 @@
 """asyncio clients, as a user's program would have them: all in the benchmark's one process.
 
-:class:`WSClient` is a `websockets <https://websockets.readthedocs.io>`_
-connection to a gateway's ``/api/kernels/ID/channels``, in the legacy JSON
-format (no subprotocol) or in ``v1.kernel.websocket.jupyter.org``.
+:class:`WSClient` is a WebSocket to a gateway's ``/api/kernels/ID/channels``,
+in the legacy JSON format (no subprotocol) or in
+``v1.kernel.websocket.jupyter.org``, through `websockets
+<https://websockets.readthedocs.io>`_ (the default) or aiohttp (``--ws-client
+aiohttp``: its frame reader is compiled, and costs the client about a third of
+websockets' CPU per 2 MB message).
 :class:`ZMQClient` speaks ZeroMQ straight to the kernel with jupyter_client's
 ``Session`` (signatures checked): the floor.  Both decode only what a client
 needs to follow an execution -- header and parent header, and the content of
@@ -43,6 +46,52 @@ def _header(msg_type: str, session: str) -> dict:
             "msg_type": msg_type, "version": "5.3"}
 
 
+# which WebSocket library the clients use: "websockets" or "aiohttp" (the harness's --ws-client)
+LIBRARY = "websockets"
+
+
+class _AiohttpSocket:
+    """An aiohttp WebSocket with the few calls :class:`WSClient` makes of a websockets one."""
+
+    def __init__(self, session, ws):
+        self.session, self.ws = session, ws
+        self.subprotocol = ws.protocol
+
+    @classmethod
+    async def connect(cls, url: str, subprotocols, ssl) -> _AiohttpSocket:
+        import aiohttp
+
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=30))
+        try:
+            ws = await session.ws_connect(url, protocols=subprotocols or (), max_msg_size=0, compress=0,
+                                          heartbeat=None, ssl=ssl if ssl is not None else True)
+        except BaseException:
+            await session.close()
+            raise
+        return cls(session, ws)
+
+    async def send(self, data) -> None:
+        if isinstance(data, str):
+            await self.ws.send_str(data)
+        else:
+            await self.ws.send_bytes(data)
+
+    async def recv(self, decode=False):
+        """The next data frame's payload: ``bytes``, or ``str`` for a text frame (aiohttp decodes those)."""
+        import aiohttp
+
+        msg = await self.ws.receive()
+        if msg.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
+            return msg.data
+        raise ConnectionError(f"WebSocket ended: {msg.type.name} {msg.data!r} {msg.extra or ''}")
+
+    async def close(self) -> None:
+        try:
+            await self.ws.close()
+        finally:
+            await self.session.close()
+
+
 class WSClient:
     """One WebSocket to a kernel through a gateway."""
 
@@ -51,8 +100,12 @@ class WSClient:
 
     @classmethod
     async def open(cls, url: str, fmt: str, ssl=None) -> WSClient:
-        ws = await ws_connect(url, subprotocols=[V1] if fmt == "v1" else None, compression=None,
-                              max_size=None, ping_interval=None, proxy=None, open_timeout=30, ssl=ssl)
+        subprotocols = [V1] if fmt == "v1" else None
+        if LIBRARY == "aiohttp":
+            ws = await _AiohttpSocket.connect(url, subprotocols, ssl)
+        else:
+            ws = await ws_connect(url, subprotocols=subprotocols, compression=None,
+                                  max_size=None, ping_interval=None, proxy=None, open_timeout=30, ssl=ssl)
         if (ws.subprotocol or None) != (V1 if fmt == "v1" else None):
             await ws.close()
             raise BenchError(f"server selected subprotocol {ws.subprotocol!r} for format {fmt}")
@@ -83,7 +136,7 @@ class WSClient:
             msg_type = header["msg_type"]
             content = orjson.loads(view[offs[4]:offs[5]]) if msg_type in NEED_CONTENT else None
             return Msg(bytes(view[offs[0]:offs[1]]).decode(), msg_type, parent.get("msg_id"), content, len(data))
-        if data[:1] == b"{":
+        if isinstance(data, str) or data[:1] == b"{":
             m = orjson.loads(data)
         else:  # legacy binary framing (a message with buffers)
             count = int.from_bytes(data[:4], "big")

@@ -22,6 +22,7 @@ import time
 import traceback
 from pathlib import Path
 
+import _client
 import _gateway
 import _proc
 import _tls
@@ -59,12 +60,15 @@ def parse_args(modules, argv=None):
     p.add_argument("--json-out", default=None, help="also write the results here")
     p.add_argument("--tls", action="store_true",
                    help="gateways serve https/wss with a throwaway CA's certificate (direct stays ZeroMQ)")
+    p.add_argument("--ws-client", choices=("websockets", "aiohttp"), default="websockets",
+                   help="the WebSocket library of the gateways' clients (default websockets)")
     p.add_argument("--verbose", "-v", action="store_true")
     for module in modules:
         if hasattr(module, "add_args"):
             module.add_args(p)
     args = p.parse_args(argv)
     args.target_names = [t.strip() for t in args.targets.split(",") if t.strip()]
+    _client.LIBRARY = args.ws_client
     return args
 
 
