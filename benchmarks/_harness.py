@@ -161,11 +161,34 @@ def report(modules, names, results: Results, args) -> dict:
             shown = ("÷dir " if test.startswith("dir") else "") + test[-2:] + f" {bound:g}"
             print(f"{what:<46}{_fmt(v):>9}{_fmt(d):>9}{_fmt(k):>8}{shown:>12}"
                   f"{'-' if ok is None else ('yes' if ok else 'NO'):>6}")
+    _report_floor(gateways, results)
     if results.errors:
         print("\nerrors:")
         for e in results.errors:
             print("  " + e)
     return verdicts
+
+
+#: Wake-ups per measured unit: one per small message on a quiet gateway; four per ``pass`` execute
+#: (the request, then three kernel reads: busy + execute_input, execute_reply, idle).
+_WAKE_UPS = [("cpu_small_json", 1), ("cpu_small_v1", 1), ("cpu_exec_json", 4), ("cpu_exec_v1", 4)]
+
+
+def _report_floor(gateways, results: Results) -> None:
+    """Each gateway's CPU rows against the bare forwarder's CPU per wake-up measured in the same run."""
+    floors = [(name, results.value(f"floor_{name}", "direct")) for name in ("asyncio", "uvloop")]
+    floors = [(name, f) for name, f in floors if f]
+    rows = [(key, wakes) for key, wakes in _WAKE_UPS if key in results.values]
+    if not floors or not rows:
+        return
+    print("\nagainst the machine's floor (bench_floor: a bare forwarder, one recv + send per wake-up), "
+          "value ÷ (wake-ups × floor):")
+    print(f"{'gateway':<12}{'row':<18}{'wake-ups':>9}" + "".join(f"{'÷' + name:>10}" for name, _ in floors))
+    for g in gateways:
+        for key, wakes in rows:
+            v = results.value(key, g)
+            if v is not None:
+                print(f"{g:<12}{key:<18}{wakes:>9}" + "".join(f"{_fmt(v / (wakes * f)):>10}" for _, f in floors))
 
 
 async def _run_one(module, target, args, put):

@@ -9,6 +9,7 @@ import sys
 
 import _harness
 import bench_fanout
+import bench_floor
 import bench_idle
 import bench_large
 import bench_parallel
@@ -17,7 +18,8 @@ import bench_small
 import bench_stalled
 
 MODULES = {"roundtrip": bench_roundtrip, "small": bench_small, "large": bench_large, "fanout": bench_fanout,
-           "parallel": bench_parallel, "idle": bench_idle, "stalled": bench_stalled}
+           "parallel": bench_parallel, "idle": bench_idle, "stalled": bench_stalled,
+           "floor": bench_floor}
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
