@@ -91,6 +91,7 @@ class GatewayConfig:
     replay_buffer_limit: int = 64 * 1024 * 1024
     client_buffer_limit: int = 16 * 1024 * 1024
     iopub_batch_ms: int = 0
+    event_loop: str = "auto"
     iopub_msg_rate_limit: float = 0.0
     iopub_data_rate_limit: float = 0.0
     rate_limit_window: float = 3.0

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .event_loop import CHOICES as EVENT_LOOPS
 from .option_parsers import (
     base_url,
     boolean,
@@ -183,6 +184,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("iopub_batch_ms", "0", non_negative_int, "Milliseconds a kernel's iopub is left unread after each "
            "read while an execution streams output (32 outputs in a row), to read and send it in batches "
            "(0, the default: never).", ("JKG_IOPUB_BATCH_MS",)),
+    Option("event_loop", "auto", choice(*EVENT_LOOPS), "The asyncio event loop the reactor runs "
+           "on: uvloop (compiled; less CPU per message), asyncio (the standard library's), or auto (uvloop when "
+           "installed). Applies when jkg installs the reactor, not under twistd --reactor.", ("JKG_EVENT_LOOP",)),
     Option("iopub_msg_rate_limit", "0", non_negative_float, "IOPub messages per second a client may get, "
            "averaged over --rate-limit-window, as jupyter_server's (0 disables).",
            ("JKG_IOPUB_MSG_RATE_LIMIT", "KG_IOPUB_MSG_RATE_LIMIT")),

@@ -74,6 +74,23 @@ def sandbox_in_force(config, policy, sandboxes) -> str:
     return facts
 
 
+def report_event_loop(requested: str) -> None:
+    """Log the loop the reactor runs on, and warn when an explicit ``--event-loop`` could not be had.
+
+    Called in the reactor's first turn: the running loop is the one that
+    counts, whatever was asked for.
+    """
+    import asyncio
+
+    from .event_loop import describe
+
+    running = describe(asyncio.get_running_loop())
+    log.info("event loop: {loop}", loop=running)
+    if requested not in ("auto", running):
+        log.warn("--event-loop {requested} not applied: the reactor was installed before jkg (twistd --reactor) "
+                 "and runs on {loop}", requested=requested, loop=running)
+
+
 class StartupReport(Service):
     """Logs the startup facts once, after every listener is up (added after them)."""
 

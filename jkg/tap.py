@@ -78,12 +78,21 @@ def _one_line_errors(hook=sys.excepthook):
     sys.excepthook = excepthook
 
 
-def install_asyncio_reactor():
-    """Return the asyncio reactor, installing it if no reactor is installed yet."""
+def install_asyncio_reactor(event_loop: str = "auto"):
+    """Return the asyncio reactor, installing it on an ``event_loop`` loop if no reactor is installed yet."""
     if "twisted.internet.reactor" not in sys.modules:
+        import asyncio
+
         from twisted.internet import asyncioreactor
 
-        asyncioreactor.install()
+        from .event_loop import EventLoopError, new_loop, resolve
+
+        try:
+            loop = new_loop(resolve(event_loop))
+        except EventLoopError as error:
+            _fail(str(error))
+        asyncio.set_event_loop(loop)  # what asyncio-based libraries find before the reactor runs
+        asyncioreactor.install(loop)
     from twisted.internet import reactor
     from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 
@@ -113,7 +122,10 @@ def makeService(options):  # noqa: N802 - twistd API
         _fail(str(error))
     # same-uid processes (kernels, when not sandboxed) may not ptrace us or read /proc/<pid>/environ
     make_non_dumpable()
-    reactor = install_asyncio_reactor()
+    reactor = install_asyncio_reactor(config.event_loop)
+    from .startup import report_event_loop
+
+    reactor.callLater(0, report_event_loop, config.event_loop)  # in the loop's first turn: the loop runs then
     from .service import ListenError, endpoint_is_loopback, make_gateway_service, parse_endpoint
     from .preflight import check_exposure, check_settings
 

@@ -30,6 +30,7 @@ def test_busy_port_fails_fast_with_one_line():
     (["--port", "http"], "--port"),
     (["--max-kernels", "lots"], "--max-kernels"),
     (["--listen", "carrier-pigeon:1"], "carrier-pigeon"),
+    (["--event-loop", "libev"], "--event-loop"),
 ])
 def test_bad_values_fail_with_one_line(args, fragment):
     result = run_twistd("jkg", *args)
