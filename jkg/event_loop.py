@@ -4,10 +4,11 @@ On a quiet gateway every kernel message is a wake-up of its own, and the
 event loop's turn is a fixed part of each: measured side by side on this
 project's 2-core machine, a bare forwarder (one ``recv`` and one ``send``
 per wake-up) costs 51-65 µs of CPU per message on asyncio's pure-Python
-loop and 38-52 µs on uvloop (libuv, compiled), and the whole gateway
-7-20 % less per execute and 10-13 % less per small message on uvloop
-(benchmarks/README.md, "The event loop").  So uvloop is used when it is
-installed (``auto``); ``asyncio`` is the standard library's loop.
+loop and 38-52 µs on uvloop (libuv, compiled), and the whole gateway 2-20 %
+less per execute and per small message on uvloop (benchmarks/README.md,
+"The machine's floor, a core of its own, and the event loop").  So uvloop
+is used when it can be imported (``auto``); ``asyncio`` is the standard
+library's loop.
 
 The choice only applies when jkg installs the reactor itself; a reactor
 installed before (``twistd --reactor=asyncio``, an embedding application)
