@@ -74,6 +74,7 @@ def forward(loop_name: str) -> None:
 
     loop.add_reader(source.fileno(), readable)
     loop.run_forever()
+    time.sleep(60)  # stay until the parent has read this process's CPU from /proc, then kills it
 
 
 def send(port: int, count: int, gap_us: int) -> None:
