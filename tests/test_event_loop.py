@@ -58,12 +58,12 @@ def test_without_uvloop_the_default_falls_back_and_an_explicit_uvloop_fails_in_o
     # a uvloop package that cannot be imported, first on the path: as on a machine without it
     (tmp_path / "uvloop").mkdir()
     (tmp_path / "uvloop" / "__init__.py").write_text("raise ImportError('uvloop is not here')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    with GatewayProcess(env={"PYTHONPATH": env["PYTHONPATH"]}) as gateway:
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    with GatewayProcess(env={"PYTHONPATH": path}) as gateway:
         assert gateway.request("GET", "/api").status_code == 200
         assert _startup_loop_lines(gateway) == ["event loop: asyncio"]
     result = subprocess.run([*TWISTD, "-n", "--pidfile=", "jkg", "--port", "0", "--event-loop", "uvloop"],
-                            capture_output=True, timeout=60, env=env)
+                            capture_output=True, timeout=60, env={**os.environ, "PYTHONPATH": path})
     assert result.returncode == 2
     assert result.stderr.decode().strip() == (
         "jkg: error: --event-loop uvloop: uvloop cannot be imported (uvloop is not here); "
