@@ -46,6 +46,7 @@ setup(
             "pytest>=8",
             "pytest-twisted>=1.14",
             "pytest-timeout>=2.3",
+            "pytest-xdist>=3.5",  # the suite on two workers (pytest.ini), a module per worker (tests/conftest.py)
             "hypothesis>=6.100",
             "treq>=24.9",
             "websocket-client>=1.8",

@@ -1,4 +1,6 @@
 """Shared fixtures: one real gateway per module where tests can share it."""
+from pathlib import Path
+
 import pytest
 import zmq
 
@@ -22,6 +24,37 @@ def bubblewrap_installed():
     if shutil.which("bwrap") is None and shutil.which("apt-get") and os.geteuid() == 0:
         subprocess.run(["apt-get", "install", "-y", "-o", "DPkg::Lock::Timeout=600", "bubblewrap"],
                        capture_output=True, timeout=900, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keep a module's tests together on one pytest-xdist worker (``--dist loadgroup``).
+
+    A module shares one gateway (the fixture below), which then starts once, not once per worker;
+    the engine modules share one group, so the private dockerd and sshd (session fixtures) start once.
+    """
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        group = "engines" if Path(module).name.startswith("test_engines_") else module
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_runtime_dir(tmp_path_factory):
+    """Give this test process a Jupyter runtime directory of its own.
+
+    Gateways a test starts without one (``twistd jkg`` on its defaults) keep their default state
+    database and connection files there, not in the user's ``~/.local/share/jupyter/runtime``; and two
+    pytest-xdist workers never find each other's gateway holding the same default state database.
+    """
+    import os
+
+    before = os.environ.get("JUPYTER_RUNTIME_DIR")
+    os.environ["JUPYTER_RUNTIME_DIR"] = str(tmp_path_factory.mktemp("jupyter-runtime"))
+    yield
+    if before is None:
+        os.environ.pop("JUPYTER_RUNTIME_DIR", None)
+    else:
+        os.environ["JUPYTER_RUNTIME_DIR"] = before
 
 
 @pytest.fixture(scope="module")

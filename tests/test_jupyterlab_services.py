@@ -101,7 +101,7 @@ def run_client(token: str) -> SimpleNamespace:
     """Start a gateway, run the Node script against it, stop the gateway; return everything observed."""
     ensure_node_modules()
     gateway = GatewayProcess("--list-kernels", "true", token=token)
-    gateway.env = _gateway_env()
+    gateway.env = {**_gateway_env(), "JUPYTER_RUNTIME_DIR": gateway.runtime_dir}  # its own, as every gateway here
     gateway.start()
     started = time.monotonic()
     try:
