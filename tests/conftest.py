@@ -26,11 +26,13 @@ def bubblewrap_installed():
                        capture_output=True, timeout=900, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the groups off the items
 def pytest_collection_modifyitems(config, items):
-    """Keep a module's tests together on one pytest-xdist worker (``--dist loadgroup``).
+    """Keep a module's tests together, in their order, on one pytest-xdist worker (``--dist loadgroup``).
 
-    A module shares one gateway (the fixture below), which then starts once, not once per worker;
-    the engine modules share one group, so the private dockerd and sshd (session fixtures) start once.
+    A module shares one gateway (the fixture below), which then starts once, not once per worker, and
+    some tests read what the module's earlier ones left in its log; the engine modules share one group,
+    so the private dockerd and sshd (session fixtures) start once.
     """
     for item in items:
         module = item.nodeid.split("::")[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import subprocess
 import sys
@@ -37,17 +38,25 @@ KG_BIN = REPO / "benchmarks" / ".venv-kg" / "bin" / "jupyter-kernelgateway"
 
 
 def install_reference_gateway() -> None:
-    """jupyter-kernel-gateway 3.0.1 in its own venv (the one the benchmarks use), made once."""
+    """jupyter-kernel-gateway 3.0.1 in its own venv (the one the benchmarks use), made once.
+
+    Two test processes (pytest-xdist workers) may both need it: the first to take the lock makes
+    the venv, and the other finds it made once the lock is its own.
+    """
     venv = KG_BIN.parent.parent
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
-        result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
-                                 "--disable-pip-version-check", "jupyter-kernel-gateway==3.0.1", "ipykernel"],
-                                capture_output=True, text=True, timeout=900)
-    except (OSError, subprocess.SubprocessError) as error:
-        pytest.skip(f"could not create a venv for jupyter-kernel-gateway: {error!r}")
-    if result.returncode != 0 or not KG_BIN.exists():
-        pytest.skip(f"could not install jupyter-kernel-gateway 3.0.1 from PyPI: {result.stderr[-500:]}")
+    with open(venv.parent / ".venv-kg.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if KG_BIN.exists():
+            return
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
+            result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                                     "--disable-pip-version-check", "jupyter-kernel-gateway==3.0.1", "ipykernel"],
+                                    capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.SubprocessError) as error:
+            pytest.skip(f"could not create a venv for jupyter-kernel-gateway: {error!r}")
+        if result.returncode != 0 or not KG_BIN.exists():
+            pytest.skip(f"could not install jupyter-kernel-gateway 3.0.1 from PyPI: {result.stderr[-500:]}")
 
 
 @contextlib.contextmanager
@@ -77,8 +86,7 @@ def serving(process: subprocess.Popen, url: str, name: str, headers: dict | None
 @pytest.fixture(scope="module")
 def kernel_gateway():
     """jupyter-kernel-gateway 3.0.1 from the benchmark venv, on a free loopback port."""
-    if not KG_BIN.exists():
-        install_reference_gateway()
+    install_reference_gateway()
     port = free_port()
     env = {**os.environ, "KG_LIST_KERNELS": "True"}
     process = subprocess.Popen(
