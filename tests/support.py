@@ -276,6 +276,20 @@ class KernelClient:
             if predicate(msg):
                 return msg
 
+    def start_sleep(self, seconds: float) -> str:
+        """Execute a long ``time.sleep`` and return once the kernel is inside it.
+
+        The cell prints first and the test waits for that output, then half a
+        second more: ``print(flush=True)`` returns only after ipykernel's IO
+        thread has answered the main thread, and a SIGINT that lands in that
+        hand-over is ipykernel's to lose or garble.  A user pressing interrupt
+        never hits that window; an interrupt test should not either.
+        """
+        msg_id = self.execute(f"import time; print('sleeping', flush=True); time.sleep({seconds})")
+        self.wait_for(lambda m: m["msg_type"] == "stream" and "sleeping" in m["content"]["text"])
+        time.sleep(0.5)
+        return msg_id
+
     def close(self):
         try:
             self.ws.close()
@@ -292,6 +306,19 @@ class KernelClient:
 def stdout_of(messages: list[dict]) -> str:
     return "".join(m["content"]["text"] for m in messages
                    if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
+
+
+def interrupted(messages: list[dict]) -> bool:
+    """Whether the execute these messages answer was stopped by KeyboardInterrupt.
+
+    Judged by the execute_reply, as @jupyterlab/services and nbclient judge a
+    cell, not by the iopub ``error``: once in a few hundred interrupts IPython
+    fails to format the KeyboardInterrupt's traceback and prints "Unexpected
+    exception formatting exception" to stdout in place of the ``error``
+    message, while the reply still says KeyboardInterrupt.
+    """
+    replies = [m["content"] for m in messages if m["msg_type"] == "execute_reply"]
+    return bool(replies) and replies[-1].get("status") == "error" and replies[-1].get("ename") == "KeyboardInterrupt"
 
 
 def _legacy_binary(msg: dict, buffers: list[bytes]) -> bytes:

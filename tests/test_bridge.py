@@ -10,7 +10,7 @@ import pytest
 from jupyter_client.connect import write_connection_file
 
 from jkg.kernels.discovery import ConnectionFileError, kernel_id_for, read_connection_file
-from support import GatewayProcess, stdout_of
+from support import GatewayProcess, interrupted, stdout_of
 
 
 def start_outside_kernel(path):
@@ -60,11 +60,9 @@ def test_existing_kernel_is_served_detached_and_keeps_running(tmp_path):
             assert model["execution_state"] == "idle"
             with gateway.connect(kernel_id) as client:
                 assert stdout_of(client.run("import os; print(os.getpid())")) == f"{outside.pid}\n"
-                msg_id = client.execute("import time; print('sleeping', flush=True); time.sleep(30)")
-                client.wait_for(lambda m: m["msg_type"] == "stream" and "sleeping" in m["content"]["text"])
+                msg_id = client.start_sleep(30)
                 assert gateway.request("POST", f"/api/kernels/{kernel_id}/interrupt").status_code == 204
-                assert any(m["msg_type"] == "error" and m["content"]["ename"] == "KeyboardInterrupt"
-                           for m in client.collect(msg_id, timeout=20))
+                assert interrupted(client.collect(msg_id, timeout=20))
             refused = gateway.request("POST", f"/api/kernels/{kernel_id}/restart")
             assert refused.status_code == 409
             assert "started outside jkg" in refused.json()["message"]

@@ -27,7 +27,7 @@ from engines import free_port
 from jkg.auth.tenants import hash_token
 from jkg.kernelspecs import container_spec, ssh_spec
 from jkg.provisioners import docker_launch, engines
-from support import GatewayProcess, stdout_of
+from support import GatewayProcess, interrupted, stdout_of
 
 ALICE = "alice-engine-token-1f2e3d4c5b6a"
 FACTS = """
@@ -274,13 +274,12 @@ def test_kernel_runs_in_a_container(gateway, kernel, docker_engine):
 
 def test_interrupt_and_restart(gateway, kernel, docker_engine):
     with gateway.connect(kernel["id"]) as client:
-        msg_id = client.execute("import time; print('sleeping', flush=True); time.sleep(60)")
-        client.wait_for(lambda m: m["msg_type"] == "stream" and "sleeping" in m["content"]["text"])
+        msg_id = client.start_sleep(60)
         started = time.monotonic()
         assert gateway.request("POST", f"/api/kernels/{kernel['id']}/interrupt").status_code == 204
         messages = client.collect(msg_id, timeout=30)
         assert time.monotonic() - started < 10
-        assert next(m for m in messages if m["msg_type"] == "error")["content"]["ename"] == "KeyboardInterrupt"
+        assert interrupted(messages), [m["msg_type"] for m in messages]
         before = facts(client)["hostname"]
         client.run("survivor = 1")
         response = gateway.request("POST", f"/api/kernels/{kernel['id']}/restart")
@@ -458,11 +457,9 @@ def test_lifecycle_through_jupyter_server(gateway, docker_engine, tmp_path):
         try:
             seen = facts(client)
             assert seen["prefix"] == "/opt/kernel" and seen["env"]["KERNEL_USERNAME"] == "alice"
-            msg_id = client.execute("import time; print('sleeping', flush=True); time.sleep(60)")
-            client.wait_for(lambda m: m["msg_type"] == "stream" and "sleeping" in m["content"]["text"])
+            msg_id = client.start_sleep(60)
             assert server.request("POST", f"/api/kernels/{kernel_id}/interrupt").status_code == 204
-            errors = [m for m in client.collect(msg_id, timeout=30) if m["msg_type"] == "error"]
-            assert errors and errors[0]["content"]["ename"] == "KeyboardInterrupt"
+            assert interrupted(client.collect(msg_id, timeout=30))
             assert server.request("POST", f"/api/kernels/{kernel_id}/restart").status_code == 200
             assert facts(client)["hostname"] != seen["hostname"]
         finally:

@@ -19,7 +19,7 @@ import pytest
 from engines import free_port
 from jkg.auth.tenants import hash_token
 from jkg.kernelspecs import ssh_spec
-from support import GatewayProcess, stdout_of
+from support import GatewayProcess, interrupted, stdout_of
 
 ALICE = "alice-ssh-token-9a8b7c6d5e4f"
 FACTS = """
@@ -69,11 +69,9 @@ def test_kernel_on_the_ssh_host(gateway, ssh_host):
             assert tuple(facts["netns"]) == _netns(ssh_host) != tuple(
                 getattr(os.stat("/proc/self/ns/net"), name) for name in ("st_dev", "st_ino"))
             assert facts["user"] == "alice" and facts["pid"] in ssh_host.kernel_pids()
-            msg_id = client.execute("import time; print('sleeping', flush=True); time.sleep(60)")
-            client.wait_for(lambda m: m["msg_type"] == "stream" and "sleeping" in m["content"]["text"])
+            msg_id = client.start_sleep(60)
             assert gateway.request("POST", f"/api/kernels/{model['id']}/interrupt").status_code == 204
-            errors = [m for m in client.collect(msg_id, timeout=30) if m["msg_type"] == "error"]
-            assert errors and errors[0]["content"]["ename"] == "KeyboardInterrupt"
+            assert interrupted(client.collect(msg_id, timeout=30))
             assert gateway.request("POST", f"/api/kernels/{model['id']}/restart").status_code == 200
             after = json.loads(stdout_of(client.run(FACTS)))
             running = ssh_host.kernel_pids()  # the launcher and its listener process

@@ -299,7 +299,6 @@ def test_interrupt_running_sleep(stack, kernel):
         reply = next(m for m in messages if m["msg_type"] == "execute_reply")
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KeyboardInterrupt"
-        assert any(m["msg_type"] == "error" and m["content"]["ename"] == "KeyboardInterrupt" for m in messages)
         assert elapsed < 15, f"interrupt took {elapsed:.1f}s"
         # the kernel survived the interrupt and still works
         assert stdout_of(run_ok(client, "print('alive')")) == "alive\n"

@@ -8,7 +8,7 @@ import time
 import pytest
 import websocket
 
-from support import TWISTD, GatewayProcess, pid_alive, stdout_of
+from support import TWISTD, GatewayProcess, interrupted, pid_alive, stdout_of
 
 
 def kernel_pid(gateway, kernel_id, session_id=None):
@@ -68,10 +68,10 @@ def test_kernels_survive_and_are_reattached(state_db, stop_signal):
         with second.connect(keep["id"], session_id="s1") as client:
             assert stdout_of(client.run("print(memory, __import__('os').getpid())")) == \
                 f"kept across gateways {keep_pid}\n"
-            msg_id = client.execute("import time; print('sleeping', flush=True); time.sleep(30)")
-            client.wait_for(lambda m: m["msg_type"] == "stream" and "sleeping" in m["content"]["text"])
+            msg_id = client.start_sleep(30)
             assert second.request("POST", f"/api/kernels/{keep['id']}/interrupt").status_code == 204
-            assert any(m["msg_type"] == "error" for m in client.collect(msg_id, timeout=20))
+            answer = client.collect(msg_id, timeout=20)
+            assert interrupted(answer), [m["msg_type"] for m in answer]
         restarted = second.request("POST", f"/api/kernels/{keep['id']}/restart")
         assert restarted.status_code == 200, restarted.text
         new_pid = kernel_pid(second, keep["id"])
