@@ -97,6 +97,8 @@ class ILaunchedKernel(Interface):
     pid = Attribute("The local process id, or None when unknown (remote, bridged).")
     can_restart = Attribute("Whether jkg may restart it (not a bridged kernel it cannot relaunch).")
     owned = Attribute("Whether shutting it down stops it (False: a bridged kernel jkg only lets go of).")
+    stderr_inode = Attribute("Inode of the pipe jkg reads the process's stderr from, or None; recorded for "
+                             "the next gateway.")
 
     def is_alive():
         """Deferred firing with whether the kernel still runs."""

@@ -114,6 +114,37 @@ def listening_ports(pid: int) -> set[int]:
     return ports
 
 
+def reopen_descriptor(fd: int, flags: int) -> int:
+    """A new open file description of what this process's ``fd`` refers to, opened with ``flags``.
+
+    For a pipe this is the one way to get an end that both reads and writes:
+    Linux opens ``/proc/self/fd/N`` of a pipe as it opens a FIFO.
+    """
+    return os.open(f"/proc/self/fd/{fd}", flags | os.O_CLOEXEC)
+
+
+def open_pipe_of(pid: int, inode: int, flags: int) -> int | None:
+    """Open the pipe ``pipe:[inode]`` that process ``pid`` holds, or None when it holds no such pipe.
+
+    The inode names one pipe for its whole life, so a process cannot pass
+    another file off as it; the caller has already checked that ``pid`` is
+    the process it means (its start time).
+    """
+    wanted = f"pipe:[{int(inode)}]"
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for name in names:
+        path = f"/proc/{pid}/fd/{name}"
+        try:
+            if os.readlink(path) == wanted:
+                return os.open(path, flags | os.O_CLOEXEC)
+        except OSError:
+            continue
+    return None
+
+
 def children(pid: int) -> list[int]:
     """Direct children of ``pid`` (for a sandbox's bwrap: PID 1 of its namespace)."""
     try:

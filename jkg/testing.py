@@ -91,6 +91,7 @@ class FakeLaunchedKernel:
     pid = None
     can_restart = True
     owned = True
+    stderr_inode = None
 
     def __init__(self):
         self.connection_info = {"transport": "tcp", "ip": "127.0.0.1", "key": b"k"}

@@ -82,6 +82,49 @@ def test_kernels_survive_and_are_reattached(state_db, stop_signal):
     assert not [pid for pid in pids if pid_alive(pid)]
 
 
+SPILL = """
+import os, threading, time
+def _spill():
+    time.sleep(1)  # the gateway has gone by then
+    for _ in range(6):
+        os.write(2, b"e" * 50000)  # 300 KB: more than the pipes on the way hold
+    os.write(2, b"spilled while no gateway ran\\n")
+spill = threading.Thread(target=_spill)
+spill.start()
+"""
+
+
+def test_a_kept_kernel_writes_to_stderr_while_no_gateway_runs(state_db):
+    first = GatewayProcess("--state-db", state_db, "--keep-kernels-on-exit", token="tok").start()
+    try:
+        kernel = first.start_kernel()
+        pid = kernel_pid(first, kernel["id"])
+        with first.connect(kernel["id"]) as client:
+            client.run(SPILL)
+    finally:
+        first.stop(signal.SIGTERM)
+    time.sleep(2)
+
+    second = GatewayProcess("--state-db", state_db, token="tok").start()
+    try:
+        deadline = time.monotonic() + 30
+        while kernel["id"] not in [k["id"] for k in second.request("GET", "/api/kernels").json()]:
+            assert time.monotonic() < deadline, second.output.decode(errors="replace")[-3000:]
+            time.sleep(0.2)
+        with second.connect(kernel["id"]) as client:
+            # the writer waited for a reader, and was not cut off (EPIPE ends ipykernel's fd 2 forwarding)
+            assert stdout_of(client.run("spill.join(20); print(spill.is_alive())", timeout=40)) == "False\n"
+            client.run("import os; os.write(2, b'written to the second gateway\\n')")
+        deadline = time.monotonic() + 10
+        while b"written to the second gateway" not in second.output:
+            assert time.monotonic() < deadline, "the second gateway does not read the kernel's stderr"
+            time.sleep(0.1)
+        assert b"spilled while no gateway ran" in second.output
+    finally:
+        second.stop()
+    assert not pid_alive(pid)
+
+
 def test_two_gateways_cannot_share_a_state_database(state_db):
     with GatewayProcess("--state-db", state_db):
         result = subprocess.run([*TWISTD, "-n", "--pidfile=", "jkg", "--port", "0", "--state-db", state_db],

@@ -37,12 +37,15 @@ class ExternalKernel:
         the same connection info; without it, restart is refused (409).
     :param leftovers: a sandboxed kernel's recorded workspace, ipc directory and
         cgroups, removed once it is stopped.
+    :param stderr: a :class:`~jkg.kernels.stderr.StderrTail` reading on the
+        stderr pipe a previous gateway gave the kernel, or None.
     """
 
     def __init__(self, connection_info: dict, clock, pid: int | None = None, start_time: int | None = None,
                  interrupt_mode: str = "signal", owned: bool = True,
-                 relaunch: Callable[[], Deferred] | None = None, leftovers: dict | None = None):
+                 relaunch: Callable[[], Deferred] | None = None, leftovers: dict | None = None, stderr=None):
         self.leftovers = leftovers
+        self._stderr = stderr
         self._connection_info = connection_info
         self._clock = clock
         self.pid = pid
@@ -58,7 +61,15 @@ class ExternalKernel:
         return self._relaunch is not None or self._replacement is not None
 
     def stderr_tail(self) -> str:
-        return ""  # not ours: its stderr went elsewhere
+        if self._replacement is not None:
+            return self._replacement.stderr_tail()
+        return self._stderr.tail() if self._stderr is not None else ""
+
+    @property
+    def stderr_inode(self) -> int | None:
+        if self._replacement is not None:
+            return self._replacement.stderr_inode
+        return self._stderr.inode if self._stderr is not None else None
 
     def death_reason(self) -> str:
         return ""  # not known: a dead external kernel is restarted if it can be
@@ -115,6 +126,8 @@ class ExternalKernel:
         try:
             yield self._stop_process(now)
         finally:
+            if self._stderr is not None:
+                self._stderr.close()
             if self.leftovers is not None:
                 from ..sandbox.provisioner import remove_recorded
 

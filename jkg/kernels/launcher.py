@@ -30,7 +30,7 @@ from ..provisioners import engines
 from .engine_loop import EngineLoop
 from .runtime import GATEWAY_PID_KEY, connection_file_path
 from .specs import KernelSpecs
-from .stderr import StderrTail
+from .stderr import StderrTail, kernel_output_pipe
 
 log = Logger()
 
@@ -55,18 +55,44 @@ class LaunchedKernel:
     can_restart = True
     owned = True
 
-    def __init__(self, manager: AsyncKernelManager, stderr=None, run: Runner | None = None):
+    def __init__(self, manager: AsyncKernelManager, stderr=None, run: Runner | None = None, reactor=None):
         """
         :param run: runs a coroutine factory and returns a Deferred: on the
             reactor's loop for local kernels, on the :class:`EngineLoop` for
             provisioners that block.  The manager lives on that loop for good.
+        :param reactor: reads the stderr pipe of each start (none: not read).
         """
         self._manager = manager
         self.stderr = stderr  # a StderrTail for local processes
         self._run = run or _on_reactor_loop
+        self._reactor = reactor
+        self.read_new_output()
 
     def stderr_tail(self) -> str:
         return self.stderr.tail() if self.stderr is not None else ""
+
+    @property
+    def stderr_inode(self) -> int | None:
+        """The stderr pipe's inode, recorded so that a later gateway can read it on."""
+        return self.stderr.inode if self.stderr is not None else None
+
+    def read_new_output(self, _=None):
+        """Read the pipe the last (re)start opened (on the reactor); the previous start's pipe is closed.
+
+        Every start of the process gets a new pipe (:class:`_GatewayKernelManager`);
+        one nobody read would fill up and block the restarted kernel.
+        """
+        reader = getattr(self._manager, "output_reader", None)
+        if reader is None:
+            return _
+        self._manager.output_reader = None
+        if self._reactor is None:
+            reader.close()
+            return _
+        if self.stderr is not None:
+            self.stderr.close()
+        self.stderr = StderrTail(self._reactor, reader)
+        return _
 
     def death_reason(self) -> str:
         """Why the process died, when its provisioner knows (a sandbox's memory limit)."""
@@ -102,11 +128,16 @@ class LaunchedKernel:
         return self._run(self._manager.interrupt_kernel)
 
     def restart(self, now: bool = False) -> Deferred:
-        return self._run(lambda: self._restart(now))
+        return self._run(lambda: self._restart(now)).addBoth(self.read_new_output)
 
     def shutdown(self, now: bool = False) -> Deferred:
-        """Ask politely over the control channel, then kill; fire when gone."""
-        return self._run(lambda: self._shutdown(now))
+        """Ask politely over the control channel, then kill; fire when gone (its stderr pipe closed)."""
+        return self._run(lambda: self._shutdown(now)).addBoth(self._close_output)
+
+    def _close_output(self, result):
+        if self.stderr is not None:
+            self.stderr.close()  # what the process still wrote is read first; its tail stays
+        return result
 
     async def _shutdown(self, now: bool) -> None:
         remote = engines.remote_kernel_process(self._manager.provisioner)
@@ -126,10 +157,38 @@ class LaunchedKernel:
 
 
 class _GatewayKernelManager(AsyncKernelManager):
-    """Writes ``kernel-<id>.json`` in the runtime directory, marked with the gateway's pid."""
+    """Writes ``kernel-<id>.json`` in the runtime directory, marked with the gateway's pid.
+
+    Each start of the process (restarts too: jupyter_client starts again with
+    the first start's arguments) that asks for ``stderr=PIPE`` gets a new
+    :func:`~jkg.kernels.stderr.kernel_output_pipe` instead, and ``stdout``
+    too when it also asks for ``PIPE``; the reader waits in ``output_reader``
+    for :class:`LaunchedKernel` to take it on the reactor.
+    """
+
+    output_reader = None
 
     def write_connection_file(self, **kwargs):
         super().write_connection_file(**{GATEWAY_PID_KEY: os.getpid(), **kwargs})
+
+    async def _async_launch_kernel(self, kernel_cmd, **kw):  # jupyter_client's hook for launching differently
+        if kw.get("stderr") != subprocess.PIPE:
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+            return
+        kernel_end, reader = kernel_output_pipe()
+        kw["stderr"] = kernel_end
+        if kw.get("stdout") == subprocess.PIPE:
+            kw["stdout"] = kernel_end
+        try:
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+        except BaseException:
+            reader.close()
+            raise
+        finally:
+            os.close(kernel_end)
+        if self.output_reader is not None:
+            self.output_reader.close()
+        self.output_reader = reader
 
 
 def _manager(kernel_id: str, kernel_name: str, specs: KernelSpecs, shutdown_wait_time: float):
@@ -200,10 +259,7 @@ class KernelLauncher:
 
     def _started(self, manager: AsyncKernelManager, run: Runner) -> LaunchedKernel:
         """Wrap a started manager; runs on the reactor (the stderr reader is the reactor's)."""
-        process = getattr(manager.provisioner, "process", None)
-        pipe = getattr(process, "stderr", None)
-        tail = StderrTail(self.reactor, pipe) if pipe is not None and self.reactor is not None else None
-        return LaunchedKernel(manager, tail, run)
+        return LaunchedKernel(manager, None, run, self.reactor)
 
     def launch(self, kernel_id: str, kernel_name: str, env: dict[str, str], sandbox=None) -> Deferred:
         """Fire with a :class:`LaunchedKernel` once the process is started.
@@ -286,6 +342,8 @@ class KernelLauncher:
         if sandbox is not None and engines.is_container(spec):  # the engine enforces the tenant's limits
             env.update(engines.limits_env(sandbox.limits))
         stderr = engines.launch_stderr(spec, subprocess.PIPE if self.reactor is not None else None)
+        if self.independent and stderr.get("stderr") == subprocess.PIPE:
+            stderr["stdout"] = subprocess.PIPE  # a kept kernel keeps no descriptor of this gateway's
         try:
             await manager.start_kernel(kernel_id=kernel_id, env=env, cwd=os.getcwd(), independent=self.independent,
                                        **stderr)

@@ -19,6 +19,7 @@ from .external import ExternalKernel
 from .kernel import ManagedKernel
 from .messages import isoformat
 from .runtime import remove_connection_file, remove_stale_files
+from .stderr import StderrTail, reopen_kernel_output
 from .store import KernelRecord
 
 log = Logger()
@@ -38,7 +39,8 @@ class KernelRecords:
                 id=kernel.id, name=kernel.name, owner=kernel.owner, connection_info=kernel.launched.connection_info,
                 pid=pid, start_time=process_start_time(pid) if pid else None, provisioner_info=provisioner_info,
                 env=kernel.env, language=kernel.language, created=isoformat(kernel.created),
-                last_activity=isoformat(kernel.last_activity)))
+                last_activity=isoformat(kernel.last_activity),
+                stderr_inode=getattr(kernel.launched, "stderr_inode", None)))
         except Exception:  # noqa: BLE001
             log.failure("could not record kernel {id}", id=kernel.id)
 
@@ -89,7 +91,8 @@ class KernelRecords:
             interrupt_mode="message" if sandboxed else spec.get("interrupt_mode", "signal"), owned=True,
             relaunch=lambda: self.launcher.relaunch(record.id, record.name, record.env, record.connection_info,
                                                     sandbox=profile),
-            leftovers=record.provisioner_info.get("sandbox") if sandboxed else None)
+            leftovers=record.provisioner_info.get("sandbox") if sandboxed else None,
+            stderr=self._read_stderr_again(record))
         kernel = ManagedKernel(record.id, record.name, launched, self._connect, self._clock,
                                self.config.replay_buffer_limit)
         launched.bind(kernel)
@@ -103,6 +106,17 @@ class KernelRecords:
         self.kernels[kernel.id] = kernel
         self._locks[kernel.id] = DeferredLock()
         log.info("reattached kernel {id} ({name}, pid {pid})", id=kernel.id, name=kernel.name, pid=record.pid)
+
+    def _read_stderr_again(self, record: KernelRecord):
+        """Read on the stderr pipe the previous gateway gave the kernel (else it fills and blocks the kernel)."""
+        reactor = getattr(self.launcher, "reactor", None)
+        if not record.stderr_inode or reactor is None:
+            return None
+        reader = reopen_kernel_output(record.pid, record.stderr_inode)
+        if reader is None:
+            log.warn("kernel {id}: its stderr pipe was not found; its stderr is not read", id=record.id)
+            return None
+        return StderrTail(reactor, reader)
 
     @inlineCallbacks
     def _reattach_through_provisioner(self, record: KernelRecord):

@@ -12,7 +12,7 @@ import fcntl
 import json
 import os
 import sqlite3
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from twisted.application.service import Service
 from twisted.internet.defer import inlineCallbacks
@@ -40,6 +40,7 @@ class KernelRecord:
     language: str = ""
     created: str = ""
     last_activity: str = ""
+    stderr_inode: int | None = None  # the pipe jkg reads the kernel's stderr from (see kernels.stderr)
 
     def to_json(self) -> str:
         # signing keys (and whatever provisioners report) may be bytes
@@ -48,7 +49,8 @@ class KernelRecord:
 
     @classmethod
     def from_json(cls, text: str) -> "KernelRecord":
-        return cls(**json.loads(text))
+        known = {item.name for item in fields(cls)}
+        return cls(**{key: value for key, value in json.loads(text).items() if key in known})
 
 
 class KernelStore(Service):
