@@ -41,9 +41,10 @@ class As:
         assert response.status_code == 201, response.text
         return response.json()
 
-    def ws(self, kernel_id):
+    def ws(self, kernel_id, session_id=None):
+        session_id = session_id or self.token[:8]
         return websocket.create_connection(
-            f"{self.gateway.ws_url}/api/kernels/{kernel_id}/channels?session_id={self.token[:8]}&token={self.token}",
+            f"{self.gateway.ws_url}/api/kernels/{kernel_id}/channels?session_id={session_id}&token={self.token}",
             timeout=10)
 
     def client(self, kernel_id):
@@ -170,16 +171,17 @@ def test_quota_admission_is_atomic(tenants):
 def test_connection_quota(tenants):
     alice = tenants["alice"]
     kid = alice.start()["id"]
-    sockets = [alice.ws(kid) for _ in range(3)]
+    # one session each: a second connection of a session replaces the first, which frees its place
+    sockets = [alice.ws(kid, f"s{n}") for n in range(3)]
     try:
         with pytest.raises(websocket.WebSocketBadStatusException) as refused:
-            alice.ws(kid)
+            alice.ws(kid, "s3")
         assert refused.value.status_code == 403
         sockets.pop().close()
         deadline = time.monotonic() + 10
         while True:  # the freed place comes back once the server saw the close
             try:
-                sockets.append(alice.ws(kid))
+                sockets.append(alice.ws(kid, "s4"))
                 break
             except websocket.WebSocketBadStatusException:
                 assert time.monotonic() < deadline
