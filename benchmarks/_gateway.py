@@ -21,13 +21,14 @@ import uuid
 from pathlib import Path
 
 import _client
+import _kg_venv
 import _proc
 import requests
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-KG_VERSION = "3.0.1"
-KG_VENV = HERE / ".venv-kg"
+KG_VERSION = _kg_venv.KG_VERSION
+KG_VENV = _kg_venv.KG_VENV
 
 
 class Unavailable(Exception):
@@ -222,19 +223,10 @@ def jkg(name: str, tree: Path, logdir: Path, env: dict | None = None, args: list
 
 
 def _kg_exe() -> Path:
-    exe = KG_VENV / "bin" / "jupyter-kernelgateway"
-    if exe.exists():
-        return exe
-    log(f"[kg] installing jupyter-kernel-gateway=={KG_VERSION} into {KG_VENV} (one-off)")
-    py = KG_VENV / "bin" / "python"
     try:
-        if not py.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(KG_VENV)], check=True, timeout=300)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", f"jupyter-kernel-gateway=={KG_VERSION}",
-                        "ipykernel"], check=True, timeout=900)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise Unavailable(f"could not install kg: {e!r}") from e
-    return exe
+        return _kg_venv.ensure_kg()
+    except _kg_venv.Unavailable as error:
+        raise Unavailable(str(error)) from error
 
 
 def kg_exe() -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import subprocess
 import sys
@@ -34,29 +33,18 @@ from support import stop_process  # noqa: E402
 
 from jkg.client import KernelDied  # noqa: E402
 
-KG_BIN = REPO / "benchmarks" / ".venv-kg" / "bin" / "jupyter-kernelgateway"
+sys.path.append(str(REPO / "benchmarks"))
+import _kg_venv  # noqa: E402 - the benchmarks' venv of jupyter-kernel-gateway, made once for both
+
+KG_BIN = _kg_venv.KG_BIN
 
 
-def install_reference_gateway() -> None:
-    """jupyter-kernel-gateway 3.0.1 in its own venv (the one the benchmarks use), made once.
-
-    Two test processes (pytest-xdist workers) may both need it: the first to take the lock makes
-    the venv, and the other finds it made once the lock is its own.
-    """
-    venv = KG_BIN.parent.parent
-    with open(venv.parent / ".venv-kg.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if KG_BIN.exists():
-            return
-        try:
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
-            result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
-                                     "--disable-pip-version-check", "jupyter-kernel-gateway==3.0.1", "ipykernel"],
-                                    capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.SubprocessError) as error:
-            pytest.skip(f"could not create a venv for jupyter-kernel-gateway: {error!r}")
-        if result.returncode != 0 or not KG_BIN.exists():
-            pytest.skip(f"could not install jupyter-kernel-gateway 3.0.1 from PyPI: {result.stderr[-500:]}")
+def ensure_reference_gateway() -> None:
+    """jupyter-kernel-gateway 3.0.1 in the benchmarks' venv, made once (under a lock) by whoever needs it first."""
+    try:
+        _kg_venv.ensure_kg()
+    except _kg_venv.Unavailable as error:
+        pytest.skip(str(error))
 
 
 @contextlib.contextmanager
@@ -86,7 +74,7 @@ def serving(process: subprocess.Popen, url: str, name: str, headers: dict | None
 @pytest.fixture(scope="module")
 def kernel_gateway():
     """jupyter-kernel-gateway 3.0.1 from the benchmark venv, on a free loopback port."""
-    install_reference_gateway()
+    ensure_reference_gateway()
     port = free_port()
     env = {**os.environ, "KG_LIST_KERNELS": "True"}
     process = subprocess.Popen(

@@ -52,9 +52,9 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
 @contextmanager
 def reference_gateway(notebook: Path, env: dict):
     """jupyter-kernel-gateway 3.0.1 in notebook-http mode (installed into the benchmark venv if missing)."""
-    from test_client_reference import install_reference_gateway
+    from test_client_reference import ensure_reference_gateway
 
-    install_reference_gateway()
+    ensure_reference_gateway()
     port = free_port()
     process = subprocess.Popen(
         [str(KG_BIN), "--KernelGatewayApp.api=kernel_gateway.notebook_http",
