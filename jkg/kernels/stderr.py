@@ -50,14 +50,6 @@ def reopen_kernel_output(pid: int, inode: int) -> BinaryIO | None:
     return None
 
 
-def _process_stderr():
-    """The gateway process's own stderr as bytes: under twistd ``sys.stderr`` is the log, which takes text."""
-    for stream in (sys.stderr, sys.__stderr__):
-        if getattr(stream, "buffer", None) is not None:
-            return stream.buffer
-    return None
-
-
 @implementer(IReadDescriptor)
 class StderrTail:
     def __init__(self, reactor, pipe, echo=None):
@@ -66,7 +58,7 @@ class StderrTail:
         self._fd = pipe.fileno()
         self.inode = os.fstat(self._fd).st_ino  # recorded, so that a later gateway finds the pipe again
         os.set_blocking(self._fd, False)
-        self._echo = echo if echo is not None else _process_stderr()
+        self._echo = echo if echo is not None else getattr(sys.stderr, "buffer", None)
         self._tail = bytearray()
         reactor.addReader(self)
 
