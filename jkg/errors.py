@@ -86,6 +86,10 @@ class KernelLaunchError(GatewayError):
     reason = "Kernel Launch Failed"
 
 
+class KernelExitedAtStart(KernelLaunchError):
+    """The kernel's process ended before it answered (its stderr usually says why)."""
+
+
 class KernelDead(GatewayError):
     status = 409
     reason = "Kernel Dead"

@@ -7,7 +7,8 @@ import time
 import pytest
 import websocket
 
-from jkg.kernels.lifecycle import CullPolicy, env_injection, parse_pool_sizes, python_env_update_code
+from jkg.kernels.lifecycle import (PORT_RACE_ATTEMPTS, CullPolicy, env_injection, lost_a_port, parse_pool_sizes,
+                                   python_env_update_code)
 from support import GatewayProcess, children_of, pid_alive, stdout_of
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
@@ -171,3 +172,58 @@ def test_twenty_start_stop_cycles_leave_nothing_behind():
         wait_for(lambda: not [pid for pid in seen if pid_alive(pid)], timeout=30,
                  message="kernel processes survived their DELETE")
         assert len(seen) == 20
+
+
+# -- a kernel that loses a port to another process before binding it --------------------------------------------
+
+COLLIDING_KERNEL = """
+import json, os, socket, subprocess, sys
+connection_file, counter, collisions = sys.argv[1], sys.argv[2], int(sys.argv[3])
+starts = int(open(counter).read() or 0) + 1 if os.path.exists(counter) else 1
+open(counter, "w").write(str(starts))
+if starts <= collisions:  # another process takes the shell port first: the real ipykernel fails to bind it
+    with open(connection_file) as handle:
+        port = json.load(handle)["shell_port"]
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", port))
+    taken.listen()
+    sys.exit(subprocess.call([sys.executable, "-m", "ipykernel_launcher", "-f", connection_file]))
+os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", "-f", connection_file])
+"""
+
+
+@pytest.fixture
+def colliding(tmp_path):
+    """Kernelspecs whose first starts lose their shell port: ``once`` (then starts) and ``always``."""
+    script = tmp_path / "colliding_kernel.py"
+    script.write_text(COLLIDING_KERNEL)
+    for name, collisions in (("once", 1), ("always", 99)):
+        spec = tmp_path / "jupyter" / "kernels" / name
+        spec.mkdir(parents=True)
+        (spec / "kernel.json").write_text(json.dumps({
+            "argv": [sys.executable, str(script), "{connection_file}", str(tmp_path / f"{name}.starts"),
+                     str(collisions)],
+            "display_name": name, "language": "python"}))
+    return tmp_path
+
+
+def test_lost_a_port_is_only_a_bind_failure_at_exit():
+    said = "zmq.error.ZMQError: Address already in use (addr='tcp://127.0.0.1:47305')"
+    assert lost_a_port(True, f"Traceback (most recent call last):\n{said}")
+    assert not lost_a_port(False, said)  # a kernel that hangs is not retried
+    assert not lost_a_port(True, "ModuleNotFoundError: No module named 'ipykernel'")
+
+
+def test_a_kernel_that_lost_a_port_is_started_again(colliding):
+    with GatewayProcess(env={"JUPYTER_PATH": str(colliding / "jupyter")}) as gateway:
+        kernel = gateway.start_kernel(name="once")
+        assert (colliding / "once.starts").read_text() == "2"
+        with gateway.connect(kernel["id"]) as client:
+            assert stdout_of(client.run("print(6 * 7)")) == "42\n"
+        assert b"lost a port to another process before binding it" in gateway.output
+
+        response = gateway.request("POST", "/api/kernels", json={"name": "always"})
+        assert response.status_code == 500
+        assert "Address already in use" in response.json()["message"]
+        assert (colliding / "always.starts").read_text() == str(PORT_RACE_ATTEMPTS)
+        assert [k["id"] for k in gateway.request("GET", "/api/kernels").json()] == [kernel["id"]]

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..metrics import TRAFFIC
-from ..errors import BadRequest, KernelLaunchError
+from ..errors import BadRequest, KernelExitedAtStart, KernelLaunchError
 from ..interfaces import IAttachedKernel
 from .messages import KernelMessage, isoformat, loads, local_message, make_message_parts, status_parts, utcnow
 from .flow import IopubFlow
@@ -348,7 +348,7 @@ class ManagedKernel:
 
         def check_alive(alive: bool) -> None:
             if not alive and not ready.called:
-                finish(KernelLaunchError(f"kernel {self.name} exited during startup"))
+                finish(KernelExitedAtStart(f"kernel {self.name} exited during startup"))
 
         def tick() -> None:
             check()

@@ -75,3 +75,19 @@ def python_env_update_code(variables: dict[str, str]) -> str:
     return (f"import os as _jkg_os, json as _jkg_json\n"
             f"_jkg_os.environ.update(_jkg_json.loads({document!r}))\n"
             f"del _jkg_os, _jkg_json")
+
+
+#: Launches of one start when the kernel lost a port to another process (see :func:`lost_a_port`).
+PORT_RACE_ATTEMPTS = 3
+
+
+def lost_a_port(exited: bool, stderr_tail: str) -> bool:
+    """Whether a kernel that failed to start should simply be started again on new ports.
+
+    jupyter_client finds free TCP ports by binding and closing them, then
+    hands the numbers to the kernel; another process (another kernel, on a
+    busy host) can take one in between, and the kernel exits at once with
+    ZeroMQ's "Address already in use".  Only that failure is retried: a kernel
+    that hung, or exited for any other reason, would fail again.
+    """
+    return exited and "Address already in use" in stderr_tail

@@ -19,11 +19,11 @@ from zope.interface import implementer
 
 from .. import metrics
 from ..auth.quota import check_kernel_quota, default_kernel_name, kernel_to_start
-from ..errors import Conflict, KernelDead, KernelLaunchError, UnknownKernel, UnknownKernelSpec
+from ..errors import Conflict, KernelDead, KernelExitedAtStart, KernelLaunchError, UnknownKernel, UnknownKernelSpec
 from ..interfaces import IKernelRegistry
 from .env import kernel_env, launch_timeout, validate_client_env
 from .kernel import ManagedKernel
-from .lifecycle import env_injection, parse_pool_sizes, python_env_update_code
+from .lifecycle import PORT_RACE_ATTEMPTS, env_injection, lost_a_port, parse_pool_sizes, python_env_update_code
 from .messages import utcnow
 from .persistence import KernelRecords
 from .pool import WarmPool
@@ -31,6 +31,10 @@ from .watch import watch_services
 from .seed import run_seed
 
 log = Logger()
+
+
+class _LostAPort(KernelLaunchError):
+    """A start to make again on new ports."""
 
 
 @implementer(IKernelRegistry)
@@ -217,9 +221,27 @@ class KernelRegistry(KernelRecords, Service):
 
     @inlineCallbacks
     def _launch_ready(self, name: str, env: dict, timeout: float, profile=None):
-        """Launch, confirm readiness and run the seed notebook; leave nothing running on failure."""
-        kernel_id = str(uuid.uuid4())
+        """Launch, confirm readiness and run the seed notebook; leave nothing running on failure.
+
+        A kernel that lost one of its ports to another process before binding
+        it is launched again on new ones (:func:`~jkg.kernels.lifecycle.lost_a_port`).
+        """
         spec = yield self.launcher.specs.get(name)  # UnknownKernelSpec -> 404 before any process exists
+        for attempt in range(1, PORT_RACE_ATTEMPTS + 1):
+            try:
+                kernel = yield self._launch_once(name, spec, env, timeout, profile)
+            except _LostAPort as error:
+                if attempt == PORT_RACE_ATTEMPTS:
+                    raise KernelLaunchError(error.message) from None
+                log.warn("kernel {name} lost a port to another process before binding it; starting it again "
+                         "on new ports ({attempt} of {attempts})", name=name, attempt=attempt + 1,
+                         attempts=PORT_RACE_ATTEMPTS)
+                continue
+            return kernel
+
+    @inlineCallbacks
+    def _launch_once(self, name: str, spec, env: dict, timeout: float, profile=None):
+        kernel_id = str(uuid.uuid4())
         launched = yield self.launcher.launch(kernel_id, name, env, sandbox=profile)
         kernel = ManagedKernel(kernel_id, name, launched, self._connect, self._clock, self.config.replay_buffer_limit)
         kernel.language = (spec or {}).get("language", "")
@@ -233,7 +255,8 @@ class KernelRegistry(KernelRecords, Service):
             kernel.channels.close()
             yield launched.shutdown(now=True)
             tail = launched.stderr_tail()
-            raise KernelLaunchError(f"{error.message}; kernel stderr: {tail}" if tail else error.message) from None
+            failure = _LostAPort if lost_a_port(isinstance(error, KernelExitedAtStart), tail) else KernelLaunchError
+            raise failure(f"{error.message}; kernel stderr: {tail}" if tail else error.message) from None
         except Exception:
             kernel.channels.close()
             yield launched.shutdown(now=True)
