@@ -16,6 +16,14 @@ def kernel_pid(gateway, kernel_id, session_id=None):
         return int(stdout_of(client.run("import os; print(os.getpid())")))
 
 
+def wait_reattached(gateway, kernel_id):
+    """Return once ``gateway`` lists the kernel (reattaching runs after the gateway listens)."""
+    deadline = time.monotonic() + 30
+    while kernel_id not in [k["id"] for k in gateway.request("GET", "/api/kernels").json()]:
+        assert time.monotonic() < deadline, gateway.output.decode(errors="replace")[-3000:]
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def state_db(tmp_path):
     return str(tmp_path / "state.sqlite")
@@ -59,10 +67,7 @@ def test_kernels_survive_and_are_reattached(state_db, stop_signal):
 
     second = GatewayProcess("--state-db", state_db, token="tok").start()
     try:
-        deadline = time.monotonic() + 30
-        while keep["id"] not in [k["id"] for k in second.request("GET", "/api/kernels").json()]:
-            assert time.monotonic() < deadline, second.output.decode(errors="replace")[-3000:]
-            time.sleep(0.2)
+        wait_reattached(second, keep["id"])
         ids = [k["id"] for k in second.request("GET", "/api/kernels").json()]
         assert ids == [keep["id"]]  # the dead one is forgotten
         with second.connect(keep["id"], session_id="s1") as client:
@@ -107,10 +112,7 @@ def test_a_kept_kernel_writes_to_stderr_while_no_gateway_runs(state_db):
 
     second = GatewayProcess("--state-db", state_db, token="tok").start()
     try:
-        deadline = time.monotonic() + 30
-        while kernel["id"] not in [k["id"] for k in second.request("GET", "/api/kernels").json()]:
-            assert time.monotonic() < deadline, second.output.decode(errors="replace")[-3000:]
-            time.sleep(0.2)
+        wait_reattached(second, kernel["id"])
         with second.connect(kernel["id"]) as client:
             # the writer waited for a reader, and was not cut off (EPIPE ends ipykernel's fd 2 forwarding)
             # (300 KB: it got through only if the second gateway reads the pipe)
