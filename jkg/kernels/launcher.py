@@ -55,7 +55,7 @@ class LaunchedKernel:
     can_restart = True
     owned = True
 
-    def __init__(self, manager: AsyncKernelManager, stderr=None, run: Runner | None = None, reactor=None):
+    def __init__(self, manager: AsyncKernelManager, run: Runner | None = None, reactor=None):
         """
         :param run: runs a coroutine factory and returns a Deferred: on the
             reactor's loop for local kernels, on the :class:`EngineLoop` for
@@ -63,7 +63,7 @@ class LaunchedKernel:
         :param reactor: reads the stderr pipe of each start (none: not read).
         """
         self._manager = manager
-        self.stderr = stderr  # a StderrTail for local processes
+        self.stderr = None  # a StderrTail on the pipe of the last start (local processes)
         self._run = run or _on_reactor_loop
         self._reactor = reactor
         self.read_new_output()
@@ -76,7 +76,7 @@ class LaunchedKernel:
         """The stderr pipe's inode, recorded so that a later gateway can read it on."""
         return self.stderr.inode if self.stderr is not None else None
 
-    def read_new_output(self, _=None):
+    def read_new_output(self, result=None):
         """Read the pipe the last (re)start opened (on the reactor); the previous start's pipe is closed.
 
         Every start of the process gets a new pipe (:class:`_GatewayKernelManager`);
@@ -84,15 +84,15 @@ class LaunchedKernel:
         """
         reader = getattr(self._manager, "output_reader", None)
         if reader is None:
-            return _
+            return result
         self._manager.output_reader = None
         if self._reactor is None:
             reader.close()
-            return _
+            return result
         if self.stderr is not None:
             self.stderr.close()
         self.stderr = StderrTail(self._reactor, reader)
-        return _
+        return result
 
     def death_reason(self) -> str:
         """Why the process died, when its provisioner knows (a sandbox's memory limit)."""
@@ -259,7 +259,7 @@ class KernelLauncher:
 
     def _started(self, manager: AsyncKernelManager, run: Runner) -> LaunchedKernel:
         """Wrap a started manager; runs on the reactor (the stderr reader is the reactor's)."""
-        return LaunchedKernel(manager, None, run, self.reactor)
+        return LaunchedKernel(manager, run, self.reactor)
 
     def launch(self, kernel_id: str, kernel_name: str, env: dict[str, str], sandbox=None) -> Deferred:
         """Fire with a :class:`LaunchedKernel` once the process is started.
@@ -299,7 +299,7 @@ class KernelLauncher:
         manager.shutdown_wait_time = self.shutdown_wait_time
         run = self._runner_for(manager)
         return run(lambda: self._restore(manager, kernel_id, connection_info, provisioner_info)).addCallback(
-            lambda _: LaunchedKernel(manager, None, run))
+            lambda _: LaunchedKernel(manager, run))
 
     async def _restore(self, manager, kernel_id, connection_info, provisioner_info) -> AsyncKernelManager:
         from jupyter_client.provisioning import KernelProvisionerFactory
