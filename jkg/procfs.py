@@ -89,16 +89,8 @@ def listening_ports(pid: int) -> set[int]:
     ``/proc/PID/net/tcp*`` lists every socket of the network namespace; only
     the inodes found among ``/proc/PID/fd`` are this process's own.
     """
-    try:
-        owned = set()
-        for name in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{name}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                owned.add(target[8:-1])
-    except OSError:
+    owned = {target[8:-1] for _, target in _descriptors(pid) if target.startswith("socket:[")}
+    if not owned:
         return set()
     ports = set()
     for table in ("tcp", "tcp6"):
@@ -131,18 +123,27 @@ def open_pipe_of(pid: int, inode: int, flags: int) -> int | None:
     the process it means (its start time).
     """
     wanted = f"pipe:[{int(inode)}]"
+    for path, target in _descriptors(pid):
+        if target == wanted:
+            try:
+                return os.open(path, flags | os.O_CLOEXEC)
+            except OSError:
+                return None
+    return None
+
+
+def _descriptors(pid: int):
+    """``(path, target)`` of each of ``pid``'s open descriptors (``socket:[N]``, ``pipe:[N]``, a file's path)."""
     try:
         names = os.listdir(f"/proc/{pid}/fd")
     except OSError:
-        return None
+        return
     for name in names:
         path = f"/proc/{pid}/fd/{name}"
         try:
-            if os.readlink(path) == wanted:
-                return os.open(path, flags | os.O_CLOEXEC)
+            yield path, os.readlink(path)
         except OSError:
             continue
-    return None
 
 
 def children(pid: int) -> list[int]:
